@@ -1,0 +1,127 @@
+"""Is an idle connection still alive? Answered without a round trip when possible.
+
+A server that ends a session (shutdown, restart, ``pg_terminate_backend``,
+``idle_session_timeout``) first writes a FATAL ErrorResponse on the socket and
+then closes it. A healthy idle connection has nothing to read. So one
+non-blocking ``poll()`` tells healthy from dead for most deaths; only what the
+socket cannot show (a silent network cut) needs a real query, and that query
+is bounded by a watchdog that shuts the socket down when it expires.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import select
+import socket
+import threading
+
+from psycopg2.extensions import TRANSACTION_STATUS_IDLE, connection
+
+_PEEK_BYTES = 1
+_DEAD_EVENTS = select.POLLERR | select.POLLHUP | select.POLLNVAL
+
+
+class SocketState(enum.Enum):
+    QUIET = "quiet"  # nothing to read: alive as far as the socket can tell
+    DEAD = "dead"  # closed by the server, or it sent a fatal error
+    UNSURE = "unsure"  # something arrived (a NOTIFY, a notice, TLS data): ask the server
+
+
+def socket_state(conn: connection) -> SocketState:
+    """Look at the connection's socket without reading from it or blocking."""
+    if conn.closed or conn.info.transaction_status != TRANSACTION_STATUS_IDLE:
+        return SocketState.DEAD
+    try:
+        fd = conn.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | select.POLLPRI)
+        events = poller.poll(0)
+    except (OSError, ValueError):
+        return SocketState.DEAD
+    if not events:
+        return SocketState.QUIET
+    if events[0][1] & _DEAD_EVENTS:
+        return SocketState.DEAD
+    if conn.info.ssl_in_use:
+        # Encrypted bytes tell us nothing; let a ping decide.
+        return SocketState.UNSURE
+    first = _peek(fd)
+    if first is None:
+        return SocketState.UNSURE
+    # b"" is end of file. An ErrorResponse ("E") on an idle session is always
+    # FATAL: the server is about to close it.
+    return SocketState.DEAD if first in (b"", b"E") else SocketState.UNSURE
+
+
+def _peek(fd: int) -> bytes | None:
+    sock = socket.socket(fileno=fd)
+    try:
+        return sock.recv(_PEEK_BYTES, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""
+    finally:
+        # The fd belongs to libpq: give it back without closing it.
+        sock.detach()
+
+
+def ping(conn: connection, timeout: float) -> bool:
+    """One ``SELECT 1`` round trip, given up after ``timeout`` seconds.
+
+    On time-out the socket is shut down, which wakes libpq from its wait and
+    leaves the connection broken: the caller discards it.
+    """
+    watchdog = _Watchdog(conn, timeout)
+    autocommit = conn.autocommit
+    ok = False
+    try:
+        # In autocommit the ping is one round trip and opens no transaction.
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1")
+            ok = cur.fetchone() == (1,)
+        conn.autocommit = autocommit
+    except Exception:
+        ok = False
+    finally:
+        fired = watchdog.disarm()
+    return ok and not fired and not conn.closed
+
+
+class _Watchdog:
+    """Shuts a connection's socket down if it is still armed after ``timeout``."""
+
+    def __init__(self, conn: connection, timeout: float) -> None:
+        self._lock = threading.Lock()
+        self._armed = True
+        self._fired = False
+        self._fd = conn.fileno()
+        self._timer = threading.Timer(max(timeout, 0.001), self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self) -> None:
+        with self._lock:
+            if not self._armed:
+                return
+            self._fired = True
+            try:
+                # A duplicate descriptor shares the socket: shutting it down
+                # ends the stuck exchange; closing the duplicate frees only it.
+                dup = socket.socket(fileno=os.dup(self._fd))
+                try:
+                    dup.shutdown(socket.SHUT_RDWR)
+                finally:
+                    dup.close()
+            except OSError:
+                pass
+
+    def disarm(self) -> bool:
+        """Stop the watchdog; return whether it had already fired."""
+        with self._lock:
+            self._armed = False
+            fired = self._fired
+        self._timer.cancel()
+        return fired

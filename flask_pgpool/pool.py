@@ -1,0 +1,817 @@
+"""The pool engine: a psycopg2 ThreadedConnectionPool that waits, checks and survives fork.
+
+It knows nothing of Flask. What it changes from psycopg2's pool:
+
+* a checkout beyond ``maxconn`` waits (first come, first served) instead of
+  raising "connection pool exhausted";
+* idle connections are kept (up to ``maxconn``) and closed only after
+  ``max_idle``; ``minconn`` stay open once the pool is in use;
+* connecting, rolling back and pinging happen outside the lock;
+* a connection the server has closed is detected at checkout and replaced,
+  without a round trip for a healthy, recently used connection;
+* a slot is freed whatever happens on return; counts never drift;
+* a child process after ``fork()`` never uses nor closes its parent's
+  connections: it starts with an empty pool of its own.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import random
+import threading
+import time
+import traceback
+import weakref
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NoReturn, cast
+
+import psycopg2
+from psycopg2.extensions import (
+    TRANSACTION_STATUS_IDLE,
+    TRANSACTION_STATUS_INERROR,
+    TRANSACTION_STATUS_INTRANS,
+    connection,
+)
+from psycopg2.pool import PoolError, ThreadedConnectionPool
+
+from . import dsn as dsnlib
+from .errors import PoolClosed, PoolTimeout, TooManyRequests
+from .health import SocketState, ping, socket_state
+
+__all__ = ["STATS_KEYS", "ConnectionPool"]
+
+_log = logging.getLogger("flask_pgpool")
+
+#: The keys of :meth:`ConnectionPool.get_stats`, named as in psycopg_pool.
+STATS_KEYS = (
+    "pool_min",
+    "pool_max",
+    "pool_size",
+    "pool_available",
+    "requests_waiting",
+    "requests_num",
+    "requests_queued",
+    "requests_wait_ms",
+    "requests_errors",
+    "returns_bad",
+    "connections_num",
+    "connections_ms",
+    "connections_errors",
+    "connections_lost",
+)
+_COUNTERS = STATS_KEYS[5:]
+
+# Reconnection backoff while the server is unreachable: doubling from the
+# first delay up to the last, with jitter so that workers do not knock in step.
+_BACKOFF_FIRST = 0.1
+_BACKOFF_MAX = 10.0
+# Connection lifetimes are shortened by up to this fraction, at random, so that
+# connections opened together do not all expire together.
+_LIFETIME_JITTER = 0.1
+_DEFAULT_CONNECT_TIMEOUT = 5
+
+_pools: weakref.WeakSet[ConnectionPool] = weakref.WeakSet()
+
+
+@dataclass(eq=False)
+class _Slot:
+    """What the pool knows of one open connection."""
+
+    conn: connection
+    expires: float
+    last_used: float
+    session: tuple[Any, ...]
+    checked_out: float = 0.0
+    stack: traceback.StackSummary | None = None
+    leak_reported: bool = False
+
+
+@dataclass(eq=False)
+class _Waiter:
+    """A checkout waiting its turn; ``conn`` is set when one is handed to it."""
+
+    event: threading.Event = field(default_factory=threading.Event)
+    conn: connection | None = None
+
+
+class ConnectionPool(ThreadedConnectionPool):
+    """A thread-safe pool of psycopg2 connections.
+
+    ``getconn()`` / ``putconn()`` / ``closeall()`` keep the meaning they have in
+    :class:`psycopg2.pool.ThreadedConnectionPool`; the constructor takes the
+    connection string and the pool's options by name. No connection is opened
+    before the first ``getconn()``.
+    """
+
+    # State of the current process; reset in a child after fork().
+    _lock: threading.Lock
+    _pid: int
+    _pool: list[connection]
+    _used: dict[Hashable, connection]
+    _rused: dict[int, Hashable]
+    _slots: dict[int, _Slot]
+    _opening: int
+    _waiters: collections.deque[_Waiter]
+    _stats: collections.Counter[str]
+    _next_connect_at: float
+    _backoff: float
+    _last_connect_error: str | None
+    _suspect_before: float
+    _housekeeper: threading.Thread | None
+    _housekeeper_stop: threading.Event
+    _housekeeper_wake: threading.Event
+
+    def __init__(
+        self,
+        minconn: int = 1,
+        maxconn: int = 10,
+        dsn: str | Callable[[], str] = "",
+        *,
+        name: str = "default",
+        timeout: float = 10.0,
+        max_waiting: int = 0,
+        max_idle: float = 600.0,
+        max_lifetime: float = 3600.0,
+        health_check: bool = True,
+        ping_after: float | None = 30.0,
+        leak_timeout: float | None = None,
+        connect_timeout: int = _DEFAULT_CONNECT_TIMEOUT,
+        read_only: bool = False,
+        configure: Callable[[connection], None] | None = None,
+        connect_args: Mapping[str, Any] | None = None,
+    ) -> None:
+        _check_sizes(minconn, maxconn)
+        # The parent opens ``minconn`` connections at once; ours opens none
+        # until it is used, so it is given 0 and told the real value after.
+        super().__init__(0, maxconn)
+        self.minconn = minconn
+        self.name = name
+        self.timeout = _positive("timeout", timeout)
+        self.max_waiting = max_waiting
+        self.max_idle = _positive("max_idle", max_idle)
+        self.max_lifetime = _positive("max_lifetime", max_lifetime)
+        self.health_check = health_check
+        self.ping_after = ping_after
+        self.leak_timeout = leak_timeout
+        self.read_only = read_only
+        self.configure = configure
+        self._dsn_source = dsn
+        self._dsn: str | None = dsn if isinstance(dsn, str) else None
+        self._dsn_lock = threading.Lock()
+        self._connect_args = dict(connect_args or {})
+        self._connect_timeout = connect_timeout
+        self._secrets: list[str] = []
+        self._connect_kwargs: dict[str, Any] | None = None
+        if self._dsn is not None:
+            self._secrets = dsnlib.secrets_of(self._dsn, self._connect_args)
+        self._reset_process_state()
+        _pools.add(self)
+
+    # -- public API ------------------------------------------------------
+
+    def getconn(self, key: Hashable | None = None, timeout: float | None = None) -> connection:
+        """Check out a connection, waiting up to ``timeout`` seconds for one
+        (default: the pool's ``timeout``).
+
+        Raises :class:`PoolTimeout` when none is free in time,
+        :class:`TooManyRequests` when ``max_waiting`` requests already wait,
+        :class:`PoolClosed` after :meth:`closeall`.
+        """
+        with self._locked():
+            self._check_open()
+            if key is not None and key in self._used:
+                conn: connection = self._used[key]
+                return conn
+            self._stats["requests_num"] += 1
+            self._start_housekeeper()
+        conn = self._acquire(time.monotonic(), self.timeout if timeout is None else timeout)
+        with self._lock:
+            if key is None:
+                self._keys += 1
+                key = ("flask_pgpool", self._keys)
+            self._used[key] = conn
+            self._rused[id(conn)] = key
+            slot = self._slots[id(conn)]
+            slot.checked_out = time.monotonic()
+            slot.leak_reported = False
+            if self.leak_timeout is not None:
+                slot.stack = traceback.StackSummary.from_list(traceback.extract_stack()[:-1])
+        return conn
+
+    def putconn(self, conn: connection | None = None, key: Hashable | None = None, close: bool = False) -> None:
+        """Give a connection back. Its slot is freed whatever happens.
+
+        An open transaction is rolled back; a broken, expired or ``close=True``
+        connection is closed instead of pooled. Returning a connection that is
+        not checked out from this pool raises :class:`psycopg2.pool.PoolError`.
+        """
+        with self._locked():
+            if conn is None:
+                if key is None or key not in self._used:
+                    raise PoolError("putconn() needs a connection, or the key it was checked out with")
+                conn = self._used[key]
+            if key is None:
+                key = self._rused.get(id(conn))
+            if key is None or self._used.get(key) is not conn:
+                raise PoolError(
+                    f"pool {self.name!r}: this connection is not checked out from this pool "
+                    "(already returned, opened elsewhere, or inherited from a parent process)"
+                )
+            del self._used[key]
+            del self._rused[id(conn)]
+            slot = self._slots[id(conn)]
+            discard = close or self.closed
+        keep = False
+        try:
+            keep = not discard and self._reset(conn, slot)
+        finally:
+            with self._lock:
+                if keep and not self.closed and self._size() <= self.maxconn:
+                    slot.last_used = time.monotonic()
+                    self._give_back(conn)
+                else:
+                    keep = False
+                    self._forget(conn)
+            if not keep:
+                _close_quietly(conn)
+
+    def closeall(self) -> None:
+        """Close the pool: idle connections now, connections in use when returned.
+
+        Waiting checkouts fail with :class:`PoolClosed`. Calling it again does
+        nothing. In a child process it never touches the parent's connections.
+        """
+        with self._locked():
+            if self.closed:
+                return
+            self.closed = True
+            idle = list(self._pool)
+            self._pool.clear()
+            for conn in idle:
+                self._slots.pop(id(conn), None)
+            for waiter in self._waiters:
+                waiter.event.set()
+            self._waiters.clear()
+            self._stop_housekeeper()
+        for conn in idle:
+            _close_quietly(conn)
+        _log.debug("pool %r closed", self.name)
+
+    close = closeall
+
+    def resize(self, minconn: int, maxconn: int) -> None:
+        """Change the pool's bounds at run time."""
+        _check_sizes(minconn, maxconn)
+        with self._locked():
+            self.minconn, self.maxconn = minconn, maxconn
+            excess = []
+            while self._pool and self._size() > maxconn:
+                conn = self._pool.pop(0)
+                self._slots.pop(id(conn), None)
+                excess.append(conn)
+            self._wake_next_waiter()
+            self._housekeeper_wake.set()
+        for conn in excess:
+            _close_quietly(conn)
+
+    def check(self) -> None:
+        """Test every idle connection with a round trip; replace the dead ones."""
+        with self._locked():
+            self._check_open()
+            checking = list(self._pool)
+            self._pool.clear()
+        good: list[connection] = []
+        for conn in checking:
+            if socket_state(conn) is not SocketState.DEAD and ping(conn, self._ping_timeout()):
+                good.append(conn)
+        with self._lock:
+            now = time.monotonic()
+            for conn in checking:
+                if conn in good and not self.closed:
+                    self._slots[id(conn)].last_used = now
+                    self._give_back(conn)
+                else:
+                    if conn not in good:
+                        self._stats["connections_lost"] += 1
+                    self._forget(conn)
+            self._housekeeper_wake.set()
+        for conn in checking:
+            if conn not in good or self.closed:
+                _close_quietly(conn)
+
+    def get_stats(self) -> dict[str, int]:
+        """The pool's gauges and counters (see :data:`STATS_KEYS`)."""
+        with self._locked():
+            stats = {
+                "pool_min": self.minconn,
+                "pool_max": self.maxconn,
+                "pool_size": self._size(),
+                "pool_available": len(self._pool),
+                "requests_waiting": len(self._waiters),
+            }
+            stats.update((k, int(self._stats[k])) for k in _COUNTERS)
+        return stats
+
+    def pop_stats(self) -> dict[str, int]:
+        """Like :meth:`get_stats`, then reset the counters to zero."""
+        stats = self.get_stats()
+        with self._locked():
+            for key in _COUNTERS:
+                self._stats[key] -= stats[key]
+        return stats
+
+    def redact(self, text: str) -> str:
+        """``text`` with this pool's password masked: use it on anything you show."""
+        return dsnlib.redact(text, self._secrets)
+
+    @property
+    def dsn(self) -> str:
+        """The connection string with its password masked."""
+        if self._dsn is None:
+            return "<not resolved yet>"
+        return dsnlib.mask_dsn(self._dsn)
+
+    def connection_string(self) -> str:
+        """The real connection string (resolved on first call). Keep it secret."""
+        return self._resolve_dsn()
+
+    def __repr__(self) -> str:
+        where = dsnlib.describe(self._dsn) if self._dsn is not None else "not resolved yet"
+        return (
+            f"<{type(self).__name__} {self.name!r} {where} "
+            f"size={self._size()}/{self.maxconn} idle={len(self._pool)} "
+            f"waiting={len(self._waiters)}{' closed' if self.closed else ''}>"
+        )
+
+    # -- checkout --------------------------------------------------------
+
+    def _acquire(self, start: float, timeout: float) -> connection:
+        deadline = start + timeout
+        waiter: _Waiter | None = None
+        queued = False
+        connect_error: str | None = None
+        while True:
+            with self._lock:
+                if self.closed:
+                    self._leave_closed_pool(waiter)
+                grant = self._reserve(waiter)
+                if grant is None and waiter is None:
+                    if self.max_waiting and len(self._waiters) >= self.max_waiting:
+                        self._stats["requests_errors"] += 1
+                        raise TooManyRequests(
+                            f"pool {self.name!r}: {len(self._waiters)} requests are already waiting "
+                            f"for a connection (max_waiting, PGPOOL_MAX_WAITING); raise it, raise "
+                            f"maxconn (PGPOOL_MAXCONN), or send fewer requests at once"
+                        )
+                    waiter = _Waiter()
+                    self._waiters.append(waiter)
+                    if not queued:
+                        queued = True
+                        self._stats["requests_queued"] += 1
+            if grant is None:
+                assert waiter is not None
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    grant = self._give_up(waiter)
+                    if grant is None:
+                        raise self._timeout_error(timeout, connect_error)
+                else:
+                    waiter.event.wait(self._wait_time(waiter, remaining))
+                    waiter.event.clear()
+                    continue
+            waiter = None
+            if grant is _CONNECT:
+                try:
+                    conn = self._connect()
+                except psycopg2.Error as exc:
+                    connect_error = dsnlib.redact(str(exc).strip(), self._secrets)
+                    continue
+            else:
+                assert isinstance(grant, connection)
+                conn = grant
+                if not self._usable(conn, deadline):
+                    with self._lock:
+                        self._forget(conn)
+                    _close_quietly(conn)
+                    continue
+            if queued:
+                with self._lock:
+                    self._stats["requests_wait_ms"] += int((time.monotonic() - start) * 1000)
+            return conn
+
+    def _leave_closed_pool(self, waiter: _Waiter | None) -> NoReturn:
+        """Under the lock: fail a checkout because the pool was closed."""
+        if waiter is not None:
+            self._stats["requests_errors"] += 1
+            if waiter.conn is not None:
+                # Handed over just before the close: it is ours to release.
+                self._forget(waiter.conn)
+                _close_quietly(waiter.conn)
+        raise PoolClosed(f"pool {self.name!r} is closed")
+
+    def _reserve(self, waiter: _Waiter | None) -> connection | object | None:
+        """Under the lock: an idle connection, ``_CONNECT`` (a slot to fill), or None."""
+        if waiter is not None and waiter.conn is not None:
+            conn, waiter.conn = waiter.conn, None
+            return conn
+        first = not self._waiters if waiter is None else self._waiters[0] is waiter
+        if not first:
+            return None
+        grant: connection | object | None = None
+        if self._pool:
+            grant = self._pool.pop()
+        elif self._size() < self.maxconn and time.monotonic() >= self._next_connect_at:
+            self._opening += 1
+            grant = _CONNECT
+        if grant is not None and waiter is not None:
+            self._waiters.popleft()
+            self._wake_next_waiter()
+        return grant
+
+    def _wait_time(self, waiter: _Waiter, remaining: float) -> float:
+        # The first in line must wake when the backoff ends, to try to connect.
+        with self._lock:
+            if self._waiters and self._waiters[0] is waiter and self._next_connect_at:
+                return max(0.001, min(remaining, self._next_connect_at - time.monotonic()))
+        return remaining
+
+    def _give_up(self, waiter: _Waiter) -> connection | None:
+        """Leave the queue at the deadline, unless a connection arrived meanwhile."""
+        with self._lock:
+            if waiter.conn is not None:
+                conn, waiter.conn = waiter.conn, None
+                return conn
+            head = bool(self._waiters) and self._waiters[0] is waiter
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+            if head:
+                self._wake_next_waiter()
+            self._stats["requests_errors"] += 1
+        return None
+
+    def _timeout_error(self, timeout: float, connect_error: str | None) -> PoolTimeout:
+        if connect_error is None and self._last_connect_error and self._next_connect_at:
+            connect_error = self._last_connect_error
+        if connect_error:
+            return PoolTimeout(
+                f"pool {self.name!r}: could not connect to the database within {timeout:g} s "
+                f"(timeout, PGPOOL_TIMEOUT): {connect_error}. Check that the server is up "
+                f"and that the connection string (PGPOOL_DSN) is right"
+            )
+        return PoolTimeout(
+            f"pool {self.name!r}: no connection free within {timeout:g} s; all {self.maxconn} "
+            f"are in use. Raise maxconn (PGPOOL_MAXCONN) or timeout (PGPOOL_TIMEOUT), "
+            f"or find the requests that hold connections for long"
+        )
+
+    def _usable(self, conn: connection, deadline: float) -> bool:
+        """Decide at checkout whether an idle connection may be handed out."""
+        slot = self._slots[id(conn)]
+        now = time.monotonic()
+        if now >= slot.expires:
+            return False
+        if conn.closed or conn.info.transaction_status != TRANSACTION_STATUS_IDLE:
+            alive = False
+        elif not self.health_check:
+            return True
+        else:
+            state = socket_state(conn)
+            needs_ping = state is SocketState.UNSURE or slot.last_used <= self._suspect_before
+            if self.ping_after is not None and now - slot.last_used >= self.ping_after:
+                needs_ping = True
+            alive = state is not SocketState.DEAD and (
+                not needs_ping or ping(conn, min(self._ping_timeout(), max(deadline - now, 0.05)))
+            )
+        if not alive:
+            with self._lock:
+                self._stats["connections_lost"] += 1
+                # Connections idle since before this one died are likely dead too.
+                self._suspect_before = max(self._suspect_before, slot.last_used)
+            _log.info("pool %r: discarded a connection the server had closed", self.name)
+        return alive
+
+    def _ping_timeout(self) -> float:
+        return float(min(self.timeout, self._connect_timeout or self.timeout))
+
+    # -- connecting ------------------------------------------------------
+
+    def _connect(self) -> connection:
+        """Open a connection into a slot reserved by ``_opening``; outside the lock."""
+        started = time.monotonic()
+        conn = None
+        try:
+            dsn, kwargs = self._connect_params()
+            conn = cast(connection, psycopg2.connect(dsn, **kwargs))
+            if self.read_only:
+                conn.set_session(readonly=True)
+            if self.configure is not None:
+                self.configure(conn)
+                if conn.info.transaction_status != TRANSACTION_STATUS_IDLE:
+                    conn.rollback()
+        except BaseException as exc:
+            if conn is not None:
+                _close_quietly(conn)
+            self._connect_failed(started, exc)
+            raise
+        now = time.monotonic()
+        jitter = 1.0 - random.uniform(0.0, _LIFETIME_JITTER)
+        slot = _Slot(
+            conn=conn,
+            expires=now + self.max_lifetime * jitter,
+            last_used=now,
+            session=_session_of(conn),
+        )
+        with self._lock:
+            self._opening -= 1
+            self._stats["connections_num"] += 1
+            self._stats["connections_ms"] += int((now - started) * 1000)
+            if self._next_connect_at:
+                _log.info("pool %r: connected again after %s", self.name, self._last_connect_error)
+            self._next_connect_at = 0.0
+            self._backoff = 0.0
+            self._last_connect_error = None
+            self._slots[id(conn)] = slot
+            if self.closed:
+                self._forget(conn)
+                closed = True
+            else:
+                closed = False
+        if closed:
+            _close_quietly(conn)
+            raise PoolClosed(f"pool {self.name!r} was closed while connecting")
+        return conn
+
+    def _connect_failed(self, started: float, exc: BaseException) -> None:
+        message = dsnlib.redact(str(exc).strip() or type(exc).__name__, self._secrets)
+        with self._lock:
+            self._opening -= 1
+            self._stats["connections_num"] += 1
+            self._stats["connections_errors"] += 1
+            self._stats["connections_ms"] += int((time.monotonic() - started) * 1000)
+            first = self._next_connect_at == 0.0
+            self._backoff = min(_BACKOFF_MAX, self._backoff * 2 or _BACKOFF_FIRST)
+            self._next_connect_at = time.monotonic() + self._backoff * random.uniform(0.5, 1.0)
+            self._last_connect_error = message
+            self._wake_next_waiter()
+        log = _log.warning if first else _log.debug
+        log("pool %r: cannot connect (retrying with backoff): %s", self.name, message)
+
+    def _connect_params(self) -> tuple[str, dict[str, Any]]:
+        """The DSN (resolved on first use) and the arguments for psycopg2.connect."""
+        if self._dsn is None or self._connect_kwargs is None:
+            with self._dsn_lock:
+                if self._dsn is None:
+                    assert callable(self._dsn_source)
+                    resolved = self._dsn_source()
+                    self._secrets = dsnlib.secrets_of(resolved, self._connect_args)
+                    self._dsn = resolved
+                kwargs = dict(self._connect_args)
+                # A server that does not answer must fail the connect, not hang it.
+                if (
+                    self._connect_timeout
+                    and "connect_timeout" not in kwargs
+                    and "connect_timeout" not in dsnlib.parse(self._dsn)
+                ):
+                    kwargs["connect_timeout"] = self._connect_timeout
+                self._connect_kwargs = kwargs
+        return self._dsn, self._connect_kwargs
+
+    def _resolve_dsn(self) -> str:
+        return self._connect_params()[0]
+
+    # -- return ----------------------------------------------------------
+
+    def _reset(self, conn: connection, slot: _Slot) -> bool:
+        """Outside the lock: make a returned connection reusable, or say it is not."""
+        try:
+            status = conn.info.transaction_status if not conn.closed else None
+            if status in (TRANSACTION_STATUS_INTRANS, TRANSACTION_STATUS_INERROR):
+                conn.rollback()
+            elif status != TRANSACTION_STATUS_IDLE:
+                raise psycopg2.InterfaceError("connection closed or lost")
+            if _session_of(conn) != slot.session:
+                _restore_session(conn, slot.session)
+        except Exception as exc:
+            with self._lock:
+                self._stats["returns_bad"] += 1
+            _log.info(
+                "pool %r: discarded a connection returned broken: %s",
+                self.name,
+                dsnlib.redact(str(exc).strip(), self._secrets),
+            )
+            return False
+        return time.monotonic() < slot.expires
+
+    def _give_back(self, conn: connection) -> None:
+        """Under the lock: hand a healthy connection to the first waiter, or make it idle."""
+        if self._waiters:
+            waiter = self._waiters.popleft()
+            waiter.conn = conn
+            waiter.event.set()
+        else:
+            self._pool.append(conn)
+
+    def _forget(self, conn: connection) -> None:
+        """Under the lock: the connection leaves the pool; its slot is free."""
+        self._slots.pop(id(conn), None)
+        self._wake_next_waiter()
+        if self._size() < self.minconn:
+            self._housekeeper_wake.set()
+
+    def _wake_next_waiter(self) -> None:
+        if self._waiters:
+            self._waiters[0].event.set()
+
+    # -- housekeeping ----------------------------------------------------
+
+    def _start_housekeeper(self) -> None:
+        if self._housekeeper is None and not self.closed:
+            stop = threading.Event()
+            self._housekeeper_stop = stop
+            thread = threading.Thread(
+                target=_housekeep,
+                args=(weakref.ref(self), stop, self._housekeeper_wake),
+                name=f"flask-pgpool-{self.name}",
+                daemon=True,
+            )
+            self._housekeeper = thread
+            thread.start()
+
+    def _stop_housekeeper(self) -> None:
+        self._housekeeper_stop.set()
+        self._housekeeper_wake.set()
+        self._housekeeper = None
+
+    def _housekeeping_interval(self) -> float:
+        periods = [self.max_idle, self.max_lifetime]
+        if self.leak_timeout is not None:
+            periods.append(self.leak_timeout)
+        return max(0.05, min(5.0, min(periods) / 4))
+
+    def _tidy(self) -> None:
+        """Close expired and surplus idle connections, report leaks, refill to minconn."""
+        now = time.monotonic()
+        closing: list[connection] = []
+        leaks: list[_Slot] = []
+        with self._lock:
+            if self.closed or self._pid != os.getpid():
+                return
+            for conn in list(self._pool):
+                slot = self._slots[id(conn)]
+                expired = now >= slot.expires
+                idle_too_long = now - slot.last_used >= self.max_idle and self._size() > self.minconn
+                if expired or idle_too_long:
+                    self._pool.remove(conn)
+                    self._slots.pop(id(conn), None)
+                    closing.append(conn)
+            if self.leak_timeout is not None:
+                for conn in self._used.values():
+                    slot = self._slots[id(conn)]
+                    if not slot.leak_reported and now - slot.checked_out >= self.leak_timeout:
+                        slot.leak_reported = True
+                        leaks.append(slot)
+        for conn in closing:
+            _close_quietly(conn)
+        for slot in leaks:
+            _log.warning(
+                "pool %r: a connection has been checked out for %.1f s (leak_timeout, "
+                "PGPOOL_LEAK_TIMEOUT); it was checked out here:\n%s",
+                self.name,
+                now - slot.checked_out,
+                "".join(slot.stack.format()) if slot.stack else "(stack not recorded)\n",
+            )
+        self._refill()
+
+    def _refill(self) -> None:
+        """Open connections until ``minconn`` are open (one at a time, outside the lock)."""
+        while True:
+            with self._lock:
+                if (
+                    self.closed
+                    or self._size() >= self.minconn
+                    or self._size() >= self.maxconn
+                    or time.monotonic() < self._next_connect_at
+                ):
+                    return
+                self._opening += 1
+            try:
+                conn = self._connect()
+            except Exception:
+                return
+            with self._lock:
+                self._give_back(conn)
+
+    # -- processes -------------------------------------------------------
+
+    def _reset_process_state(self) -> None:
+        """Start empty, as in a new process. Inherited connections are dropped,
+        never closed: closing them would end the parent's sessions (and psycopg2
+        does not close a connection of another process when it is freed)."""
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._pool = []
+        self._used = {}
+        self._rused = {}
+        self._keys = 0
+        self._slots = {}
+        self._opening = 0
+        self._waiters = collections.deque()
+        self._stats = collections.Counter()
+        self._next_connect_at = 0.0
+        self._backoff = 0.0
+        self._last_connect_error = None
+        self._suspect_before = float("-inf")
+        self._housekeeper = None
+        self._housekeeper_stop = threading.Event()
+        self._housekeeper_wake = threading.Event()
+
+    def _locked(self) -> threading.Lock:
+        """The pool's lock, after making sure the pool belongs to this process.
+
+        The fork hook below resets pools in the child; this catches a fork that
+        bypassed Python's hooks.
+        """
+        if self._pid != os.getpid():
+            with _fork_lock:
+                if self._pid != os.getpid():
+                    self._reset_process_state()
+        return self._lock
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise PoolClosed(f"pool {self.name!r} is closed")
+
+    def _size(self) -> int:
+        return len(self._slots) + self._opening
+
+
+_CONNECT = object()
+_fork_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    for pool in list(_pools):
+        pool._reset_process_state()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _housekeep(
+    ref: weakref.ReferenceType[ConnectionPool], stop: threading.Event, wake: threading.Event
+) -> None:
+    """The pool's background thread; it holds the pool only weakly."""
+    while not stop.is_set():
+        pool = ref()
+        if pool is None:
+            return
+        interval = pool._housekeeping_interval()
+        try:
+            pool._tidy()
+        except Exception:
+            _log.exception("pool %r: housekeeping failed", pool.name)
+        del pool
+        wake.wait(interval)
+        wake.clear()
+
+
+def _session_of(conn: connection) -> tuple[Any, ...]:
+    return (conn.autocommit, conn.isolation_level, conn.readonly, conn.deferrable)
+
+
+def _restore_session(conn: connection, session: tuple[Any, ...]) -> None:
+    # These are client-side settings in psycopg2: restoring them costs no round trip.
+    autocommit, isolation_level, readonly, deferrable = session
+    conn.autocommit = False
+    conn.set_session(isolation_level=isolation_level, readonly=readonly, deferrable=deferrable)
+    conn.autocommit = autocommit
+
+
+def _close_quietly(conn: connection) -> None:
+    try:
+        if not conn.closed:
+            if conn.info.transaction_status in (TRANSACTION_STATUS_INTRANS, TRANSACTION_STATUS_INERROR):
+                # PgBouncer drops a server connection closed mid-transaction.
+                conn.rollback()
+            conn.close()
+    except Exception:
+        pass
+
+
+def _check_sizes(minconn: int, maxconn: int) -> None:
+    if isinstance(minconn, bool) or not isinstance(minconn, int) or minconn < 0:
+        raise ValueError(f"minconn must be a whole number >= 0, got {minconn!r}")
+    if isinstance(maxconn, bool) or not isinstance(maxconn, int) or maxconn < 1:
+        raise ValueError(f"maxconn must be a whole number >= 1, got {maxconn!r}")
+    if minconn > maxconn:
+        raise ValueError(f"minconn ({minconn}) must not be greater than maxconn ({maxconn})")
+
+
+def _positive(what: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{what} must be a number of seconds > 0, got {value!r}")
+    return float(value)

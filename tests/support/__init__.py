@@ -1,0 +1,1 @@
+"""Test-support helpers: a throwaway PostgreSQL cluster and a fault-injecting TCP proxy."""
