@@ -22,6 +22,7 @@ from support.faults import (
     fault_app,
     hammer,
     pool_of,
+    private_cluster,
     recovers,
     request_within,
     wait_until,
@@ -33,8 +34,8 @@ pytestmark = [pytest.mark.fault, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgCluster]:
-    with PgCluster.create(tmp_path_factory.mktemp("fault-network")) as pg:
+def cluster() -> Iterator[PgCluster]:
+    with private_cluster("fault-network") as pg:
         yield pg
 
 

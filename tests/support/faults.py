@@ -6,10 +6,14 @@ that meets a hang fails with a message instead of hanging the suite.
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psycopg2
@@ -17,6 +21,8 @@ from flask import Flask
 from psycopg2.extensions import connection
 
 from flask_pgpool import ConnectionPool, PgPool, get_db
+
+from .pgcluster import PgCluster
 
 __all__ = [
     "LIMIT",
@@ -27,6 +33,7 @@ __all__ = [
     "fault_app",
     "hammer",
     "pool_of",
+    "private_cluster",
     "recovers",
     "request_within",
     "wait_until",
@@ -267,3 +274,19 @@ class Admin:
 
     def execute(self, sql: str, args: tuple[Any, ...] = ()) -> None:
         self._run(sql, args)
+
+
+@contextlib.contextmanager
+def private_cluster(prefix: str) -> Iterator[PgCluster]:
+    """A PgCluster in its own directory directly under the system temp dir.
+
+    Not under pytest's ``tmp_path``: a concurrent pytest run resets
+    ``/tmp/pytest-of-<user>`` to mode 0700, which would lock the server's
+    unprivileged user out of its own data directory in the middle of a test.
+    """
+    base = Path(tempfile.mkdtemp(prefix=f"pgpool-{prefix}-"))
+    try:
+        with PgCluster.create(base) as pg:
+            yield pg
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
