@@ -113,7 +113,8 @@ def table(admin: connection, app_name: str) -> Iterator[str]:
         # maybe inside a transaction) until after this teardown: end those
         # sessions rather than wait for their locks.
         cur.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s AND state <> 'idle'",
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = %s AND state <> 'idle'",
             (app_name,),
         )
         cur.execute(f"DROP TABLE IF EXISTS {name}")
