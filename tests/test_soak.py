@@ -28,6 +28,7 @@ from flask import Flask, Response, abort, stream_with_context
 from flask.testing import FlaskClient
 from psycopg2.extensions import connection
 from support.faults import Admin, assert_no_leak, pool_of
+from werkzeug.test import TestResponse
 
 from flask_pgpool import get_db
 
@@ -99,7 +100,6 @@ def build_app(make_app: Callable[..., Flask], table: str) -> Flask:
         # Flask >= 3.1.2 ends the request's app context (our teardown returns
         # the connection) when the view returns, and pushes it again for the
         # stream: the stream's work belongs inside the generator.
-        @stream_with_context
         def rows() -> Iterator[str]:
             write(token)
             yield "begin\n"
@@ -112,7 +112,7 @@ def build_app(make_app: Callable[..., Flask], table: str) -> Flask:
             get_db().commit()
             yield f"committed {token}\n"
 
-        return Response(rows(), mimetype="text/plain")
+        return Response(stream_with_context(rows()), mimetype="text/plain")
 
     @app.get("/stream/<token>")
     def stream(token: str) -> Response:
@@ -154,7 +154,7 @@ def run_one(client: FlaskClient, kind: str, token: str, ledger: Ledger) -> None:
             return
         body = ""
         try:
-            for chunk in response.response:
+            for chunk in body_chunks(response):
                 body += chunk.decode()
                 if kind == "hangup" and body.count("\n") >= 2:
                     break  # hang up mid-stream
@@ -170,6 +170,12 @@ def run_one(client: FlaskClient, kind: str, token: str, ledger: Ledger) -> None:
         return
     response = client.post(f"/{kind}/{token}")
     ledger.record(kind, token, response.status_code, committed=commits and response.status_code == 200)
+
+
+def body_chunks(response: TestResponse) -> Iterator[bytes]:
+    """The chunks of a streamed (buffered=False) test response, as the server sends them."""
+    for chunk in response.response:
+        yield chunk if isinstance(chunk, bytes) else chunk.encode()
 
 
 class Monitor(threading.Thread):
@@ -286,7 +292,6 @@ def stream_app(make_app: Callable[..., Flask], table: str) -> Flask:
 
     @app.get("/stream/<token>")
     def stream(token: str) -> Response:
-        @stream_with_context
         def rows() -> Iterator[str]:
             with get_db().cursor() as cur:
                 cur.execute(f"INSERT INTO {table} (note) VALUES (%s)", (token,))
@@ -297,20 +302,19 @@ def stream_app(make_app: Callable[..., Flask], table: str) -> Flask:
             get_db().commit()
             yield "committed\n"
 
-        return Response(rows())
+        return Response(stream_with_context(rows()))
 
     @app.get("/view-then-stream/<token>")
     def view_then_stream(token: str) -> Response:
         with get_db().cursor() as cur:
             cur.execute(f"INSERT INTO {table} (note) VALUES (%s)", (token,))
 
-        @stream_with_context
         def rows() -> Iterator[str]:
             with get_db().cursor() as cur:
                 cur.execute(f"SELECT count(*) FROM {table} WHERE note = %s", (token,))
                 yield f"{cur.fetchone()}\n"
 
-        return Response(rows())
+        return Response(stream_with_context(rows()))
 
     return app
 
@@ -325,7 +329,7 @@ def test_stream_holds_its_connection_until_the_end(
     app = stream_app(make_app, table)
     pool = pool_of(app)
     response = app.test_client().get("/stream/complete", buffered=False)
-    chunks = iter(response.response)
+    chunks = body_chunks(response)
     assert next(chunks) == b"(0,)\n"
     stats = pool.get_stats()
     assert stats["pool_size"] - stats["pool_available"] == 1  # in use by the stream
@@ -343,7 +347,7 @@ def test_client_hanging_up_mid_stream_rolls_back_and_frees_the_slot(
     admin = Admin(pg_dsn, app_name)
     for n in range(5):  # more hang-ups than slots: each one must free its slot
         response = app.test_client().get(f"/stream/hangup{n}", buffered=False)
-        assert next(iter(response.response)) == b"(0,)\n"
+        assert next(body_chunks(response)) == b"(0,)\n"
         response.close()
         assert_no_leak(pool)
     assert notes(admin, table) == set()
@@ -366,7 +370,7 @@ def test_stream_sees_the_views_uncommitted_work(
 ) -> None:
     app = stream_app(make_app, table)
     response = app.test_client().get("/view-then-stream/token", buffered=False)
-    body = b"".join(response.response)
+    body = b"".join(body_chunks(response))
     response.close()
     assert_no_leak(pool_of(app))
     assert body == b"(1,)\n"
