@@ -156,3 +156,17 @@ def test_connects_slower_than_connect_timeout_give_503(proxy: TcpProxy, app_name
     assert recovers(app)
     proxy.pass_through()
     assert_no_leak(pool_of(app))
+
+
+def test_checkout_deadline_bounds_a_hanging_connect(proxy: TcpProxy, app_name: str) -> None:
+    """PGPOOL_TIMEOUT bounds the whole checkout, connects included, even when
+    PGPOOL_CONNECT_TIMEOUT is longer (up to libpq's 2 s granularity)."""
+    app = fault_app(proxied(proxy), app_name, PGPOOL_TIMEOUT=1, PGPOOL_CONNECT_TIMEOUT=10, PGPOOL_PING_AFTER=0)
+    assert request_within(app, "/one", LIMIT).status == 200
+    proxy.blackhole()  # the pooled connection's ping and every new connect hang
+    for outcome in hammer(app, "/one", threads=2, per_thread=2, limit=15):
+        assert outcome.status == 503
+        assert outcome.seconds < 1 + 2 + 1.5, outcome  # not 10 s
+    proxy.pass_through()
+    assert recovers(app)
+    assert_no_leak(pool_of(app))

@@ -42,10 +42,10 @@ __all__ = [
 #: The pool settings of the fault apps: short, so faults show up fast.
 FAULT_TIMEOUT = 2.0
 FAULT_CONNECT_TIMEOUT = 2  # libpq's smallest effective connect_timeout
-#: A checkout gives up after PGPOOL_TIMEOUT; a connect already under way may
-#: run for up to PGPOOL_CONNECT_TIMEOUT more. Beyond that, plus a margin for a
+#: A checkout gives up after PGPOOL_TIMEOUT; a connect under way at that
+#: moment ends within libpq's 2 s granularity. Beyond that, plus a margin for a
 #: busy machine, a request counts as hung.
-LIMIT = FAULT_TIMEOUT + FAULT_CONNECT_TIMEOUT + 3.0
+LIMIT = FAULT_TIMEOUT + 2 + 3.0
 #: The pool retries connecting with a backoff of at most 10 s.
 RECOVERY = 20.0
 
