@@ -170,6 +170,13 @@ def test_typo_warns_naming_the_closest_key(typo: str, key: str) -> None:
     assert warning.filename == __file__
 
 
+def test_typo_warning_points_at_the_caller_of_pgpool_app() -> None:
+    app = new_app(PGPOOL_MAXCON=1)
+    with pytest.warns(PgPoolConfigWarning, match="did you mean PGPOOL_MAXCONN") as record:
+        PgPool(app)
+    assert record[0].filename == __file__
+
+
 def test_known_and_foreign_keys_do_not_warn() -> None:
     app = new_app(PGPOOL_MAXCONN=3, SQLALCHEMY_DATABASE_URI="sqlite://", PGPOOLING=1)
     with warnings.catch_warnings():
