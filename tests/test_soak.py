@@ -320,7 +320,7 @@ def stream_app(make_app: Callable[..., Flask], table: str) -> Flask:
 
 
 def notes(admin: Admin, table: str) -> set[str]:
-    return {row[0] for row in admin._run(f"SELECT note FROM {table}")}
+    return {row[0] for row in admin.rows(f"SELECT note FROM {table}")}
 
 
 def test_stream_holds_its_connection_until_the_end(

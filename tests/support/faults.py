@@ -242,7 +242,8 @@ class Admin:
         self.dsn = dsn
         self.app_name = app_name
 
-    def _run(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    def rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Run ``sql`` in autocommit; its rows (none for a statement without a result)."""
         conn: connection = psycopg2.connect(self.dsn, connect_timeout=5, application_name="pgpool-test-admin")
         try:
             conn.autocommit = True
@@ -254,7 +255,7 @@ class Admin:
 
     def sessions(self, state: str | None = None) -> list[tuple[Any, ...]]:
         """(pid, state) of the app's server sessions."""
-        return self._run(
+        return self.rows(
             "SELECT pid, state FROM pg_stat_activity WHERE application_name = %s"
             " AND (%s::text IS NULL OR state = %s) ORDER BY pid",
             (self.app_name, state, state),
@@ -262,7 +263,7 @@ class Admin:
 
     def terminate(self, state: str | None = None) -> int:
         """End the app's sessions (in ``state``, or all); wait (bounded) until each is gone."""
-        rows = self._run(
+        rows = self.rows(
             "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000)) FROM pg_stat_activity"
             " WHERE application_name = %s AND (%s::text IS NULL OR state = %s)",
             (self.app_name, state, state),
@@ -270,10 +271,10 @@ class Admin:
         return int(rows[0][0])
 
     def scalar(self, sql: str, args: tuple[Any, ...] = ()) -> Any:
-        return self._run(sql, args)[0][0]
+        return self.rows(sql, args)[0][0]
 
     def execute(self, sql: str, args: tuple[Any, ...] = ()) -> None:
-        self._run(sql, args)
+        self.rows(sql, args)
 
 
 @contextlib.contextmanager
