@@ -90,6 +90,8 @@ def test_idle_in_transaction_timeout_kills_the_session_not_the_pool(pg_dsn: str,
 def test_idle_session_timeout_ends_pooled_connections(pg_dsn: str, admin: Admin, app_name: str) -> None:
     """The server closes connections that sit idle in the pool; the pool notices
     at checkout, without a query, and opens new ones."""
+    if admin.server_version() < 140000:
+        pytest.skip("idle_session_timeout needs PostgreSQL 14")
     app = fault_app(pg_dsn, app_name, connect_args={"options": "-c idle_session_timeout=300"})
     pool = pool_of(app)
     first = pids(hammer(app, "/pid", threads=3, per_thread=2, limit=LIMIT))

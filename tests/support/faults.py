@@ -263,12 +263,17 @@ class Admin:
 
     def terminate(self, state: str | None = None) -> int:
         """End the app's sessions (in ``state``, or all); wait (bounded) until each is gone."""
-        rows = self.rows(
-            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000)) FROM pg_stat_activity"
-            " WHERE application_name = %s AND (%s::text IS NULL OR state = %s)",
-            (self.app_name, state, state),
-        )
+        pids = [pid for pid, _ in self.sessions(state)]
+        if not pids:
+            return 0
+        rows = self.rows("SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM unnest(%s) AS pid", (pids,))
+        # pg_terminate_backend only signals; wait until the sessions are gone.
+        gone = wait_until(lambda: not {pid for pid, _ in self.sessions()} & set(pids), 5.0)
+        assert gone, f"sessions {pids} did not end"
         return int(rows[0][0])
+
+    def server_version(self) -> int:
+        return int(self.scalar("SHOW server_version_num"))
 
     def scalar(self, sql: str, args: tuple[Any, ...] = ()) -> Any:
         return self.rows(sql, args)[0][0]
