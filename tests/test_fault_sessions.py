@@ -125,3 +125,35 @@ def test_statement_timeout_cancels_the_query_and_keeps_the_connection(pg_dsn: st
     assert stats["connections_num"] == 1
     assert stats["returns_bad"] == 0
     assert not admin.sessions("idle in transaction (aborted)")
+
+
+def test_a_slow_connect_does_not_hold_up_other_requests(pg_dsn: str, app_name: str) -> None:
+    """Connecting happens outside the pool's lock: while one request waits for a
+    slow new connection, a request that finds an idle one is served at once."""
+    connects: list[float] = []
+    slow_connect_started = threading.Event()
+
+    def configure(conn: object) -> None:
+        connects.append(time.monotonic())
+        if len(connects) > 1:  # the first connection (the warm-up) is quick
+            slow_connect_started.set()
+            time.sleep(2.0)
+
+    app = fault_app(pg_dsn, app_name, PGPOOL_MAXCONN=2, PGPOOL_CONFIGURE=configure)
+    assert request_within(app, "/one", LIMIT).status == 200  # one idle connection now
+
+    box: list[Outcome] = []
+    holder = threading.Thread(target=lambda: box.append(request_within(app, "/hold/0.3", LIMIT)))
+    holder.start()  # takes the idle connection for 0.3 s
+    time.sleep(0.1)
+    connecting = threading.Thread(target=lambda: box.append(request_within(app, "/one", LIMIT)))
+    connecting.start()  # finds none idle: opens a second one, slowly
+    assert slow_connect_started.wait(5.0)
+    holder.join(LIMIT)
+
+    quick = request_within(app, "/one", LIMIT)  # the holder's connection is idle again
+    assert quick.status == 200
+    assert quick.seconds < 1.0, quick  # not behind the 2 s connect
+    connecting.join(LIMIT)
+    assert [o.status for o in box] == [200, 200]
+    assert_no_leak(pool_of(app))
