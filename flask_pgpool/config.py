@@ -32,7 +32,7 @@ class PgPoolConfigWarning(UserWarning):
     """A ``PGPOOL_`` key is not one flask-pgpool knows (a typo?)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class PoolSettings:
     """The validated settings of one pool."""
 
@@ -52,6 +52,14 @@ class PoolSettings:
     configure: Callable[..., None] | None = None
     retry_after: int = 1
     embedded: bool = False
+
+    def __repr__(self) -> str:
+        # The DSN and the connect arguments may hold a password.
+        shown = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.dsn is not None:
+            shown["dsn"] = dsnlib.mask_dsn(self.dsn)
+        shown["connect_args"] = dsnlib.mask_args(self.connect_args)
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
 
 # -- parsers: each takes (key, value) and returns the parsed value or raises ----
