@@ -127,7 +127,7 @@ def test_binds_have_their_own_pools(make_app: Callable[..., Flask], pg_dsn: str)
         reports = get_db("reports")
         assert reports is not main
         assert get_db("reports") is reports
-        with pytest.raises(KeyError, match="'nope'.*'default', 'reports'"):
+        with pytest.raises(KeyError, match=r"'nope'.*'default', 'reports'"):
             get_db("nope")
     assert set(ext.get_pools(app=app)) == {"default", "reports"}
     assert ext.get_stats("reports", app=app)["pool_max"] == 2
