@@ -479,7 +479,9 @@ def test_teardown_survives_a_view_that_closed_its_connection(app_with_later_tear
     assert client.get("/close").status_code == 200
     assert ran == [True]
     s = stats(app)
-    assert (s["pool_size"], s["returns_bad"]) == (0, 1)
+    # Discarded, not pooled (the pool may already be opening a replacement for minconn).
+    assert s["returns_bad"] == 1
+    assert s["pool_size"] == s["pool_available"]
     # maxconn is 1: the next request works only if the slot was freed.
     assert client.get("/pid").status_code == 200
 
@@ -510,13 +512,17 @@ def test_teardown_survives_a_connection_the_server_killed(
     def killed() -> str:
         pid = backend_pid()  # leaves a transaction open
         with admin.cursor() as cur:
-            cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            # With a timeout, it returns once the session is gone (PostgreSQL 14+).
+            cur.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
+            assert cur.fetchone() == (True,)
         return "killed"
 
     client = app.test_client()
     assert client.get("/killed").status_code == 200
     assert ran == [True]
-    assert stats(app)["pool_size"] == 0
+    s = stats(app)
+    assert s["returns_bad"] == 1
+    assert s["pool_size"] == s["pool_available"]
     assert client.get("/pid").status_code == 200
     assert wait_for_states(server_sessions, ["idle"]) == ["idle"]
 
