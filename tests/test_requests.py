@@ -503,6 +503,29 @@ def test_get_db_after_the_view_closed_the_connection_gives_a_new_one(app_with_la
     assert client.get("/pid").status_code == 200
 
 
+def test_get_db_after_the_view_returned_and_closed_the_connection(
+    app_with_later_teardown: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    app, ran = app_with_later_teardown
+
+    @app.get("/returned")
+    def returned() -> dict[str, bool]:
+        first = get_db()
+        app.extensions["pgpool"].get_pool().putconn(first, close=True)
+        second = get_db()
+        with second.cursor() as cur:
+            cur.execute("SELECT 1")
+        return {"new": second is not first}
+
+    client = app.test_client()
+    with caplog.at_level(logging.WARNING, logger="flask_pgpool"):
+        assert client.get("/returned").json == {"new": True}
+    assert ran == [True]
+    assert "not checked out any more" in caplog.text
+    # maxconn is 1: the slot of the second connection was freed too.
+    assert client.get("/pid").status_code == 200
+
+
 def test_teardown_survives_a_connection_the_server_killed(
     app_with_later_teardown: Any, admin: connection, server_sessions: Sessions
 ) -> None:
