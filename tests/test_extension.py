@@ -157,3 +157,13 @@ def test_reprs_never_show_the_password(make_app: Callable[..., Flask], pg_dsn: s
     for text in shown:
         assert PASSWORD not in text
     assert "***" in pool.dsn
+
+
+def test_works_with_pytest_flask_client(app: Flask, client: Any) -> None:
+    # pytest-flask keeps one app context for the whole test: both requests share one connection.
+    @app.get("/pid")
+    def pid() -> dict[str, int]:
+        return {"pid": pid_of(get_db())}
+
+    assert client.get("/pid").json == client.get("/pid").json
+    assert app.extensions["pgpool"].get_stats(app=app)["requests_num"] == 1
