@@ -167,3 +167,19 @@ def test_works_with_pytest_flask_client(app: Flask, client: Any) -> None:
 
     assert client.get("/pid").json == client.get("/pid").json
     assert app.extensions["pgpool"].get_stats(app=app)["requests_num"] == 1
+
+
+def test_get_db_in_a_cli_command_is_given_back(make_app: Callable[..., Flask]) -> None:
+    app = make_app()
+
+    @app.cli.command("answer")
+    def answer() -> None:
+        with get_db().cursor() as cur:
+            cur.execute("SELECT 6 * 7")
+            print(cur.fetchone()[0])
+
+    result = app.test_cli_runner().invoke(args=["answer"])
+    assert result.exit_code == 0, result.output
+    assert result.output == "42\n"
+    stats = app.extensions["pgpool"].get_stats(app=app)
+    assert (stats["pool_size"], stats["pool_available"]) == (1, 1)

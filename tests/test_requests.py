@@ -90,9 +90,7 @@ def test_init_app_opens_no_connection(make_app: Callable[..., Flask], server_ses
     assert stats(app)["connections_num"] == 0
 
 
-def test_view_without_get_db_costs_the_pool_nothing(
-    make_app: Callable[..., Flask], server_sessions: Sessions
-) -> None:
+def test_view_without_get_db_costs_the_pool_nothing(make_app: Callable[..., Flask], server_sessions: Sessions) -> None:
     app = make_app()
 
     @app.get("/hello")
@@ -119,9 +117,7 @@ def test_get_db_returns_the_same_connection_within_a_context(make_app: Callable[
         assert stats(app)["pool_size"] == 1
 
 
-def test_second_request_reuses_the_pooled_connection(
-    make_app: Callable[..., Flask], server_sessions: Sessions
-) -> None:
+def test_second_request_reuses_the_pooled_connection(make_app: Callable[..., Flask], server_sessions: Sessions) -> None:
     app = make_app()
 
     @app.get("/pid")
