@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -35,7 +38,8 @@ def status_command(as_json: bool, timeout: float) -> None:
     ext = current_app.extensions.get("pgpool")
     if not isinstance(ext, PgPool):
         raise click.ClickException("flask-pgpool is not set up on this app")
-    report = {name: _pool_status(pool, timeout) for name, pool in ext.get_pools().items()}
+    with _quiet_pool_logs():
+        report = {name: _pool_status(pool, timeout) for name, pool in ext.get_pools().items()}
     failed = [name for name, status in report.items() if status["error"]]
     if as_json:
         click.echo(json.dumps({"ok": not failed, "pools": report}, indent=2))
@@ -43,9 +47,30 @@ def status_command(as_json: bool, timeout: float) -> None:
         for name, status in report.items():
             click.echo(_format(name, status))
     if failed:
-        first = report[failed[0]]["error"]
+        name, error = failed[0], report[failed[0]]["error"]
+        if not error.startswith(f"pool {name!r}"):
+            error = f"pool {name!r}: {error}"
         # ClickException prints one line to stderr, no traceback, and exits 1.
-        raise click.ClickException(f"pool {failed[0]!r}: {first}")
+        raise click.ClickException(error)
+
+
+@contextlib.contextmanager
+def _quiet_pool_logs() -> Iterator[None]:
+    """Keep the pool's warnings off the terminal while the command reports them itself.
+
+    With no logging configured, Python prints warnings to stderr, which would
+    turn the one-line error into several. Configured logging is left alone.
+    """
+    logger = logging.getLogger("flask_pgpool")
+    if logger.hasHandlers():
+        yield
+        return
+    quiet = logging.NullHandler()
+    logger.addHandler(quiet)
+    try:
+        yield
+    finally:
+        logger.removeHandler(quiet)
 
 
 def _pool_status(pool: ConnectionPool, timeout: float) -> dict[str, Any]:

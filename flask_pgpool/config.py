@@ -33,7 +33,7 @@ class PgPoolConfigWarning(UserWarning):
     """A ``PGPOOL_`` key is not one flask-pgpool knows (a typo?)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class PoolSettings:
     """The validated settings of one pool."""
 
@@ -53,6 +53,14 @@ class PoolSettings:
     configure: Callable[..., None] | None = None
     retry_after: int = 1
     embedded: bool = False
+
+    def __repr__(self) -> str:
+        # The DSN and the connect arguments may hold a password.
+        shown = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.dsn is not None:
+            shown["dsn"] = dsnlib.mask_dsn(self.dsn)
+        shown["connect_args"] = dsnlib.mask_args(self.connect_args)
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
 
 # -- parsers: each takes (key, value) and returns the parsed value or raises ----
@@ -108,13 +116,18 @@ _FALSE = {"0", "false", "no", "off"}
 def _bool(key: str, value: Any) -> bool:
     if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
         return value.strip().lower() in _TRUE
+    # Flask's from_prefixed_env() turns FLASK_PGPOOL_READ_ONLY=1 into the int 1.
+    if type(value) is int and value in (0, 1):
+        return bool(value)
     if not isinstance(value, bool):
         raise ConfigError(f"{key} must be True or False, got {value!r}")
     return value
 
 
 def _dsn(key: str, value: Any) -> str | None:
-    if value is None:
+    # A blank DSN is almost always an unset environment variable, not a wish
+    # for libpq's defaults: treat it as not set.
+    if value is None or (isinstance(value, str) and not value.strip()):
         return None
     if not isinstance(value, str):
         kind = type(value).__name__
@@ -190,7 +203,7 @@ def read_settings(config: Mapping[str, Any], options: Mapping[str, Any]) -> dict
         if key in config:
             values[name] = parser(key, config[key])
         elif name in options:
-            values[name] = parser(key, options[name])
+            values[name] = parser(f"the PgPool() option {name!r}", options[name])
     if values.get("dsn") is None:
         values["dsn"] = _dsn("the DATABASE_URL environment variable", os.environ.get("DATABASE_URL") or None)
     if values.get("dsn") is None and not values.get("embedded"):
@@ -254,21 +267,15 @@ def _warn_unknown_keys(config: Mapping[str, Any]) -> None:
         if isinstance(key, str) and key.startswith(PREFIX) and key not in KNOWN_KEYS:
             hint = difflib.get_close_matches(key, sorted(KNOWN_KEYS), n=1, cutoff=0.5)
             did_you_mean = f"; did you mean {hint[0]}?" if hint else ""
-            warnings.warn(
-                f"unknown config key {key}{did_you_mean}", PgPoolConfigWarning, stacklevel=_caller_stacklevel()
-            )
+            warnings.warn(f"unknown config key {key}{did_you_mean}", PgPoolConfigWarning, stacklevel=_user_stacklevel())
 
 
-def _caller_stacklevel() -> int:
-    """The warnings stacklevel of the first caller outside this package.
-
-    ``PgPool(app)`` and ``pgpool.init_app(app)`` reach here through different
-    depths; the warning must point at the user's line either way.
-    """
-    package = os.path.dirname(os.path.abspath(__file__))
-    frame = sys._getframe(1)  # the function that calls warnings.warn: stacklevel 1
+def _user_stacklevel() -> int:
+    """The stacklevel of the first caller outside flask_pgpool: warnings point at the user's code."""
+    package_dir = os.path.dirname(os.path.abspath(__file__))
+    frame = sys._getframe(1)
     level = 1
-    while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == package:
-        frame = frame.f_back  # type: ignore[assignment]
+    while frame.f_back is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == package_dir:
+        frame = frame.f_back
         level += 1
     return level

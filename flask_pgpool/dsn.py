@@ -72,6 +72,11 @@ def redact(text: str, secrets: Iterable[str]) -> str:
     return re.sub(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", rf"\1{MASK}", text)
 
 
+def mask_args(args: Mapping[str, object]) -> dict[str, object]:
+    """Connection keyword arguments as they may be shown: secret values replaced."""
+    return {key: MASK if key in _SECRET_KEYS else value for key, value in args.items()}
+
+
 def mask_dsn(dsn: str) -> str:
     """The DSN as it may be shown to a person: same form, password replaced."""
     if is_url(dsn):

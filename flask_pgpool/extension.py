@@ -96,7 +96,11 @@ class PgPool:
                 return conn
             # The view closed it: give the slot back and check out another.
             del checked_out[bind]
-            pool.putconn(conn)
+            try:
+                pool.putconn(conn)
+            except Exception:
+                # Already given back by the view itself: nothing left to free.
+                _log.warning("flask-pgpool: the closed %r connection was not checked out any more", bind)
         pool = self.get_pool(name)
         conn = pool.getconn()
         if checked_out is None:

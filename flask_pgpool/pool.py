@@ -188,9 +188,12 @@ class ConnectionPool(ThreadedConnectionPool):
                 conn: connection = self._used[key]
                 return conn
             self._stats["requests_num"] += 1
-            self._start_housekeeper()
         conn = self._acquire(time.monotonic(), self.timeout if timeout is None else timeout)
         with self._lock:
+            # Started only now that this connection counts towards minconn:
+            # started earlier, its first refill races the checkout and opens
+            # one connection too many.
+            self._start_housekeeper()
             if key is None:
                 self._keys += 1
                 key = ("flask_pgpool", self._keys)
