@@ -10,11 +10,13 @@ is bounded by a watchdog that shuts the socket down when it expires.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import select
 import socket
 import threading
+from collections.abc import Iterator
 
 from psycopg2.extensions import TRANSACTION_STATUS_IDLE, connection
 
@@ -73,30 +75,43 @@ def ping(conn: connection, timeout: float) -> bool:
     On time-out the socket is shut down, which wakes libpq from its wait and
     leaves the connection broken: the caller discards it.
     """
-    watchdog = _Watchdog(conn, timeout)
-    autocommit = conn.autocommit
     ok = False
+    with bounded(conn, timeout) as watchdog:
+        try:
+            # In autocommit the ping is one round trip and opens no transaction.
+            autocommit = conn.autocommit
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1")
+                ok = cur.fetchone() == (1,)
+            conn.autocommit = autocommit
+        except Exception:
+            ok = False
+    return ok and not watchdog.fired and not conn.closed
+
+
+@contextlib.contextmanager
+def bounded(conn: connection, timeout: float) -> Iterator[Watchdog]:
+    """Run the block's exchange with the server for at most ``timeout`` seconds.
+
+    libpq waits for the server without a limit; past ``timeout`` the socket is
+    shut down, the pending call fails, and the connection is broken (check
+    ``watchdog.fired`` and discard it).
+    """
+    watchdog = Watchdog(conn, timeout)
     try:
-        # In autocommit the ping is one round trip and opens no transaction.
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute("SELECT 1")
-            ok = cur.fetchone() == (1,)
-        conn.autocommit = autocommit
-    except Exception:
-        ok = False
+        yield watchdog
     finally:
-        fired = watchdog.disarm()
-    return ok and not fired and not conn.closed
+        watchdog.disarm()
 
 
-class _Watchdog:
+class Watchdog:
     """Shuts a connection's socket down if it is still armed after ``timeout``."""
 
     def __init__(self, conn: connection, timeout: float) -> None:
         self._lock = threading.Lock()
         self._armed = True
-        self._fired = False
+        self.fired = False
         self._fd = conn.fileno()
         self._timer = threading.Timer(max(timeout, 0.001), self._fire)
         self._timer.daemon = True
@@ -106,7 +121,7 @@ class _Watchdog:
         with self._lock:
             if not self._armed:
                 return
-            self._fired = True
+            self.fired = True
             try:
                 # A duplicate descriptor shares the socket: shutting it down
                 # ends the stuck exchange; closing the duplicate frees only it.
@@ -122,6 +137,5 @@ class _Watchdog:
         """Stop the watchdog; return whether it had already fired."""
         with self._lock:
             self._armed = False
-            fired = self._fired
         self._timer.cancel()
-        return fired
+        return self.fired
