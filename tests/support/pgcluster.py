@@ -445,6 +445,10 @@ class PgCluster:
         groups: list[int] | None = None
         if self._run_as is not None:
             (uid, gid), groups = self._run_as, []  # drop root's supplementary groups
+            # Another pytest process may have reset /tmp/pytest-of-<user> to 0700
+            # since the last command (pytest does so for its base directory).
+            if self._data_dir.exists():
+                _grant_traverse(self._data_dir)
         with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
             try:
                 proc = subprocess.run(

@@ -3,10 +3,14 @@ pids, server-side kills, proxies in front of the test server, bounded waits."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg2
@@ -16,6 +20,7 @@ from psycopg2.extensions import connection, make_dsn, parse_dsn
 from flask_pgpool import ConnectionPool
 
 from .netproxy import TcpProxy
+from .pgcluster import PgCluster
 
 T = TypeVar("T")
 
@@ -138,3 +143,18 @@ def proxy(pg_dsn: str) -> Iterator[TcpProxy]:
 def fresh_connect(dsn: str, **kwargs: Any) -> connection:
     kwargs.setdefault("connect_timeout", 3)
     return psycopg2.connect(dsn, **kwargs)
+
+
+@contextlib.contextmanager
+def private_cluster() -> Iterator[PgCluster]:
+    """A PgCluster in its own directory under /tmp.
+
+    Not under pytest's base directory: other pytest processes on the machine
+    reset that one to mode 0700, which would lock the server's user out of it.
+    """
+    base = Path(tempfile.mkdtemp(prefix="pgpool-cluster-"))
+    try:
+        with PgCluster.create(base) as cluster:
+            yield cluster
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
