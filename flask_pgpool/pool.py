@@ -848,21 +848,31 @@ def _restore_session(conn: connection, session: tuple[Any, ...]) -> None:
     # These are client-side settings in psycopg2: restoring them costs no round trip.
     autocommit, isolation_level, readonly, deferrable = session
     conn.autocommit = False
-    conn.set_session(isolation_level=isolation_level, readonly=readonly, deferrable=deferrable)
+    # set_session() leaves a None argument unchanged; "DEFAULT" resets it.
+    conn.set_session(
+        isolation_level="DEFAULT" if isolation_level is None else isolation_level,
+        readonly="DEFAULT" if readonly is None else readonly,
+        deferrable="DEFAULT" if deferrable is None else deferrable,
+    )
     conn.autocommit = autocommit
 
 
 def _close_quietly(conn: connection, timeout: float = 5.0) -> None:
     try:
-        if not conn.closed:
-            if conn.info.transaction_status in (TRANSACTION_STATUS_INTRANS, TRANSACTION_STATUS_INERROR):
-                # PgBouncer drops a server connection closed mid-transaction;
-                # a silent network must not hang the caller, hence the bound.
-                with bounded(conn, timeout):
-                    conn.rollback()
-            conn.close()
+        if not conn.closed and conn.info.transaction_status in (
+            TRANSACTION_STATUS_INTRANS,
+            TRANSACTION_STATUS_INERROR,
+        ):
+            # PgBouncer drops a server connection closed mid-transaction;
+            # a silent network must not hang the caller, hence the bound.
+            with bounded(conn, timeout):
+                conn.rollback()
     except Exception:
         pass
+    finally:
+        # Even if the rollback failed: an unclosed connection keeps its socket.
+        with contextlib.suppress(Exception):
+            conn.close()
 
 
 def _check_sizes(minconn: int, maxconn: int) -> None:
