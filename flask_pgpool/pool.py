@@ -848,11 +848,11 @@ def _restore_session(conn: connection, session: tuple[Any, ...]) -> None:
     # These are client-side settings in psycopg2: restoring them costs no round trip.
     autocommit, isolation_level, readonly, deferrable = session
     conn.autocommit = False
-    # set_session() leaves a None argument unchanged; "DEFAULT" resets it.
+    # set_session() leaves a None argument unchanged; "default" resets it.
     conn.set_session(
-        isolation_level="DEFAULT" if isolation_level is None else isolation_level,
-        readonly="DEFAULT" if readonly is None else readonly,
-        deferrable="DEFAULT" if deferrable is None else deferrable,
+        isolation_level="default" if isolation_level is None else isolation_level,
+        readonly="default" if readonly is None else readonly,
+        deferrable="default" if deferrable is None else deferrable,
     )
     conn.autocommit = autocommit
 

@@ -7,7 +7,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import psycopg2.pool
-from support.poolkit import PoolFactory, make_pool, query_one, wait_until  # noqa: F401
+from support import poolkit
+from support.poolkit import PoolFactory, query_one, wait_until
+
+# Fixtures shared by the pool tests.
+make_pool = poolkit.make_pool
 
 
 def _workload(getconn: Callable[[], Any], putconn: Callable[[Any], None]) -> None:

@@ -9,19 +9,15 @@ from typing import Any
 import psycopg2
 import pytest
 from psycopg2.extensions import connection
+from support import poolkit
 from support.netproxy import TcpProxy
-from support.poolkit import (  # noqa: F401
-    PoolFactory,
-    backend_pid,
-    make_pool,
-    proxy,
-    query_one,
-    terminate,
-    via_proxy,
-    wait_until,
-)
+from support.poolkit import PoolFactory, backend_pid, query_one, terminate, via_proxy, wait_until
 
-import flask_pgpool.pool as poolmod
+from flask_pgpool.health import ping as real_ping
+
+# Fixtures shared by the pool tests.
+make_pool = poolkit.make_pool
+proxy = poolkit.proxy
 
 
 def _settled(proxy: TcpProxy) -> tuple[int, int]:
@@ -119,13 +115,12 @@ def test_after_a_dead_connection_older_idle_ones_are_pinged(
     time.sleep(0.01)
     pool.putconn(newer)  # the next checkout takes the most recently used
     pinged: list[int] = []
-    real_ping = poolmod.ping
 
     def spy(conn: connection, timeout: float) -> bool:
         pinged.append(backend_pid(conn))
         return real_ping(conn, timeout)
 
-    monkeypatch.setattr(poolmod, "ping", spy)
+    monkeypatch.setattr("flask_pgpool.pool.ping", spy)
     terminate(admin, backend_pid(newer))
     got = pool.getconn()
     assert got is older

@@ -6,10 +6,15 @@ from __future__ import annotations
 import time
 
 import pytest
+from support import poolkit
 from support.netproxy import TcpProxy
-from support.poolkit import PoolFactory, make_pool, proxy, query_one, run_in_thread, via_proxy, wait_until  # noqa: F401
+from support.poolkit import PoolFactory, query_one, run_in_thread, via_proxy, wait_until
 
 from flask_pgpool import PoolTimeout
+
+# Fixtures shared by the pool tests.
+make_pool = poolkit.make_pool
+proxy = poolkit.proxy
 
 
 def test_a_hanging_connect_blocks_no_other_checkout_or_return(

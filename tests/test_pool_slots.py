@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import random
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 import psycopg2
 import psycopg2.pool
 import pytest
 from psycopg2.extensions import connection
-from support.poolkit import PoolFactory, backend_pid, make_pool, query_one, terminate  # noqa: F401
+from support import poolkit
+from support.poolkit import PoolFactory, backend_pid, query_one, terminate
 
 from flask_pgpool import ConnectionPool, PoolTimeout
 
+# Fixtures shared by the pool tests.
+make_pool = poolkit.make_pool
 
-class FaultyConnection(connection):  # type: ignore[misc]
+
+class FaultyConnection(connection):
     """A real connection whose rollback can be made to fail on demand."""
 
     fail_with: BaseException | None = None
@@ -39,7 +43,7 @@ def _assert_free(pool: ConnectionPool) -> None:
 
 def test_failing_rollback_on_return_frees_the_slot(make_pool: PoolFactory) -> None:
     pool = _faulty(make_pool)
-    conn = pool.getconn()
+    conn = cast(FaultyConnection, pool.getconn())
     query_one(conn, "SELECT 1")  # a transaction is open
     conn.fail_with = psycopg2.OperationalError("rollback failed")
     pool.putconn(conn)
@@ -52,7 +56,7 @@ def test_failing_rollback_on_return_frees_the_slot(make_pool: PoolFactory) -> No
 
 def test_exception_escaping_putconn_still_frees_the_slot(make_pool: PoolFactory) -> None:
     pool = _faulty(make_pool)
-    conn = pool.getconn()
+    conn = cast(FaultyConnection, pool.getconn())
     query_one(conn, "SELECT 1")
     conn.fail_with = KeyboardInterrupt()
     with pytest.raises(KeyboardInterrupt):
@@ -124,7 +128,7 @@ def test_foreign_connection_raises_a_clear_error(make_pool: PoolFactory, pg_dsn:
 
 @pytest.mark.parametrize(("minconn", "maxconn"), [(5, 4), (-1, 4), (0, 0), (1.5, 4), (True, 4)])
 def test_bad_sizes_are_refused(pg_dsn: str, minconn: Any, maxconn: Any) -> None:
-    with pytest.raises(ValueError, match="minconn|maxconn"):
+    with pytest.raises(ValueError, match=r"minconn|maxconn"):
         ConnectionPool(minconn, maxconn, pg_dsn)
 
 

@@ -7,17 +7,13 @@ import time
 
 import pytest
 from psycopg2.extensions import connection
-from support.poolkit import (  # noqa: F401
-    PoolFactory,
-    backend_pid,
-    make_pool,
-    query_one,
-    run_in_thread,
-    terminate,
-    wait_until,
-)
+from support import poolkit
+from support.poolkit import PoolFactory, backend_pid, query_one, run_in_thread, terminate, wait_until
 
 from flask_pgpool import STATS_KEYS, PoolTimeout, TooManyRequests
+
+# Fixtures shared by the pool tests.
+make_pool = poolkit.make_pool
 
 
 def checkout_for_a_while(pool: object) -> connection:

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import psycopg2.pool
 import pytest
-from support.poolkit import PoolFactory, make_pool, query_one, run_in_thread, wait_until  # noqa: F401
+from support import poolkit
+from support.poolkit import PoolFactory, query_one, run_in_thread, wait_until
 
-from flask_pgpool import PgPoolError, PoolClosed, PoolTimeout, TooManyRequests
+from flask_pgpool import ConnectionPool, PgPoolError, PoolClosed, PoolTimeout, TooManyRequests
+
+# Fixtures shared by the pool tests.
+make_pool = poolkit.make_pool
+
+
+def _waiting(pool: ConnectionPool, count: int) -> Callable[[], bool]:
+    return lambda: pool.get_stats()["requests_waiting"] == count
 
 
 def test_errors_are_psycopg2_pool_errors() -> None:
@@ -57,7 +65,7 @@ def test_waiters_are_served_first_come_first_served(make_pool: PoolFactory) -> N
 
         waiting.append(run_in_thread(request, name=f"waiter-{i}"))
         # The next one queues only after this one is in line.
-        wait_until(lambda i=i: pool.get_stats()["requests_waiting"] == i + 1, timeout=5, what="waiter in line")
+        wait_until(_waiting(pool, i + 1), timeout=5, what="waiter in line")
     pool.putconn(holder)
     for result in waiting:
         result(10)
@@ -130,8 +138,7 @@ def test_a_waiter_is_handed_the_returned_connection(make_pool: PoolFactory) -> N
     """A returned connection goes to the first waiter, not back to idle: no reconnect."""
     pool = make_pool(0, 1, timeout=10)
     holder = pool.getconn()
-    got = threading.Event()
-    result = run_in_thread(lambda: (pool.getconn(), got.set())[0], name="waiter")
+    result = run_in_thread(pool.getconn, name="waiter")
     wait_until(lambda: pool.get_stats()["requests_waiting"] == 1, timeout=5, what="waiter")
     pool.putconn(holder)
     assert result(5) is holder

@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-import psycopg2
 import pytest
 from psycopg2.extensions import connection, make_dsn, parse_dsn
 
@@ -77,7 +76,7 @@ def via_proxy(dsn: str, proxy: TcpProxy) -> str:
     params = dict(parse_dsn(dsn))
     params.update(host=proxy.host, port=str(proxy.port))
     params.pop("hostaddr", None)
-    return make_dsn(**params)
+    return str(make_dsn(**params))
 
 
 def run_in_thread(target: Callable[[], T], *, name: str = "test-worker") -> Callable[[float], T]:
@@ -138,11 +137,6 @@ def proxy(pg_dsn: str) -> Iterator[TcpProxy]:
     """A TcpProxy in front of the session's server (``via_proxy(pg_dsn, proxy)`` is its DSN)."""
     with TcpProxy(upstream_of(pg_dsn)) as tcp_proxy:
         yield tcp_proxy
-
-
-def fresh_connect(dsn: str, **kwargs: Any) -> connection:
-    kwargs.setdefault("connect_timeout", 3)
-    return psycopg2.connect(dsn, **kwargs)
 
 
 @contextlib.contextmanager
