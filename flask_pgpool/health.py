@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import heapq
+import itertools
 import os
 import select
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 from psycopg2.extensions import TRANSACTION_STATUS_IDLE, connection
@@ -113,11 +116,9 @@ class Watchdog:
         self._armed = True
         self.fired = False
         self._fd = conn.fileno()
-        self._timer = threading.Timer(max(timeout, 0.001), self._fire)
-        self._timer.daemon = True
-        self._timer.start()
+        _timers.add(time.monotonic() + max(timeout, 0.001), self)
 
-    def _fire(self) -> None:
+    def fire(self) -> None:
         with self._lock:
             if not self._armed:
                 return
@@ -137,5 +138,49 @@ class Watchdog:
         """Stop the watchdog; return whether it had already fired."""
         with self._lock:
             self._armed = False
-        self._timer.cancel()
         return self.fired
+
+
+class _Timers:
+    """One background thread for every watchdog of the process.
+
+    A thread per watchdog would cost a thread start on every return of a
+    connection with an open transaction; here arming is a heap push.
+    Disarmed watchdogs are dropped when their time comes.
+    """
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._heap: list[tuple[float, int, Watchdog]] = []
+        self._order = itertools.count()
+        self._pid = 0  # no thread in this process yet
+
+    def add(self, deadline: float, watchdog: Watchdog) -> None:
+        with self._cond:
+            if self._pid != os.getpid():
+                self._pid = os.getpid()
+                threading.Thread(target=self._run, name="flask-pgpool-watchdog", daemon=True).start()
+            sooner = not self._heap or deadline < self._heap[0][0]
+            heapq.heappush(self._heap, (deadline, next(self._order), watchdog))
+            if sooner:
+                self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    now = time.monotonic()
+                    if self._heap and self._heap[0][0] <= now:
+                        watchdog = heapq.heappop(self._heap)[2]
+                        break
+                    self._cond.wait(self._heap[0][0] - now if self._heap else None)
+            watchdog.fire()
+            del watchdog
+
+
+_timers = _Timers()
+# A child starts without the parent's thread, and maybe with its lock held.
+os.register_at_fork(after_in_child=_timers._reset)

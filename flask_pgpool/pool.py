@@ -579,7 +579,8 @@ class ConnectionPool(ThreadedConnectionPool):
             self._next_connect_at = 0.0
             self._backoff = 0.0
             self._last_connect_error = None
-            stale = self.closed
+            # Closed meanwhile, or shrunk by resize() below what is open.
+            stale = self.closed or self._size() >= self.maxconn
             spawn = 0
             if not stale:
                 self._slots[id(conn)] = slot
