@@ -6,7 +6,8 @@ It knows nothing of Flask. What it changes from psycopg2's pool:
   raising "connection pool exhausted";
 * idle connections are kept (up to ``maxconn``) and closed only after
   ``max_idle``; ``minconn`` stay open once the pool is in use;
-* connecting, rolling back and pinging happen outside the lock;
+* connections are opened in background threads, and rolling back and
+  pinging happen outside the lock, bounded in time;
 * a connection the server has closed is detected at checkout and replaced,
   without a round trip for a healthy, recently used connection;
 * a slot is freed whatever happens on return; counts never drift;

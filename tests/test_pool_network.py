@@ -104,3 +104,22 @@ def test_slow_network_costs_a_healthy_checkout_nothing(
     assert 0.5 <= elapsed < 4
     pool.putconn(again)
     proxy.pass_through()
+
+
+def test_checkout_gives_up_at_its_timeout_while_a_connect_hangs(
+    make_pool: PoolFactory, proxy: TcpProxy, pg_dsn: str
+) -> None:
+    proxy.blackhole()
+    pool = make_pool(0, 2, dsn=via_proxy(pg_dsn, proxy), timeout=1, connect_timeout=10)
+    started = time.monotonic()
+    with pytest.raises(PoolTimeout) as info:
+        pool.getconn()
+    elapsed = time.monotonic() - started
+    assert 1 <= elapsed < 2.5, "the checkout waited for the connect, not for its own timeout"
+    assert "still being opened" in str(info.value) and "PGPOOL_CONNECT_TIMEOUT" in str(info.value)
+    # The connect goes on in the background; once the network heals it is used.
+    proxy.pass_through()
+    conn = pool.getconn(timeout=10)
+    assert query_one(conn, "SELECT 1") == 1
+    pool.putconn(conn)
+    assert pool.get_stats()["connections_num"] == 1

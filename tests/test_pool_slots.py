@@ -196,3 +196,26 @@ def test_counts_never_drift_under_a_messy_workload(make_pool: PoolFactory, admin
     for conn in conns:
         assert query_one(conn, "SELECT 1") == 1
         pool.putconn(conn)
+
+
+class Interrupted(BaseException):
+    """Stands for KeyboardInterrupt, SystemExit or a timeout raised in a waiting thread."""
+
+
+def test_interrupted_checkout_gives_up_its_place(make_pool: PoolFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    pool = make_pool(0, 1)
+    holder = pool.getconn()
+
+    def interrupt(*args: Any) -> float:
+        raise Interrupted
+
+    monkeypatch.setattr(pool, "_wait_time", interrupt)
+    with pytest.raises(Interrupted):
+        pool.getconn()
+    monkeypatch.undo()
+    assert pool.get_stats()["requests_waiting"] == 0
+    pool.putconn(holder)
+    # The connection is idle, not handed to a checkout that is gone.
+    assert pool.get_stats()["pool_available"] == 1
+    assert pool.getconn(timeout=1) is holder
+    pool.putconn(holder)
