@@ -86,7 +86,7 @@ def test_idle_connection_killed_by_the_server_is_replaced(
 def test_idle_session_timeout_kills_are_detected(make_pool: PoolFactory, admin: connection) -> None:
     if admin.server_version < 140000:
         pytest.skip("idle_session_timeout needs PostgreSQL 14")
-    pool = make_pool(0, 3, connect_args={"options": "-c idle_session_timeout=300"}, ping_after=None)
+    pool = make_pool(0, 3, connect_args={"options": "-c idle_session_timeout=1000"}, ping_after=None)
     held = [pool.getconn() for _ in range(3)]
     pids = {backend_pid(c) for c in held}
     for conn in held:

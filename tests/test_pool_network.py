@@ -37,7 +37,7 @@ def test_a_hanging_connect_blocks_no_other_checkout_or_return(
     assert pool.getconn() is held
     pool.putconn(held)
     pool.get_stats()
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 2.0  # the connect alone may take 3 s
     proxy.pass_through()
 
 
@@ -95,7 +95,7 @@ def test_slow_network_costs_a_healthy_checkout_nothing(
     started = time.monotonic()
     for _ in range(20):
         pool.putconn(pool.getconn())
-    assert time.monotonic() - started < 0.5  # 20 round trips would take 10 s
+    assert time.monotonic() - started < 2.0  # 20 round trips would take 10 s
     time.sleep(1.1)
     started = time.monotonic()
     again = pool.getconn()  # idle longer than ping_after: one slow ping
