@@ -40,6 +40,7 @@ from psycopg2.extensions import (
 from psycopg2.pool import PoolError, ThreadedConnectionPool
 
 from . import dsn as dsnlib
+from .connections import Slot, close_quietly, restore_session, session_of
 from .errors import PoolClosed, PoolTimeout, TooManyRequests
 from .health import SocketState, bounded, ping, socket_state
 
@@ -79,19 +80,6 @@ _pools: weakref.WeakSet[ConnectionPool] = weakref.WeakSet()
 
 
 @dataclass(eq=False)
-class _Slot:
-    """What the pool knows of one open connection."""
-
-    conn: connection
-    expires: float
-    last_used: float
-    session: tuple[Any, ...]
-    checked_out: float = 0.0
-    stack: traceback.StackSummary | None = None
-    leak_reported: bool = False
-
-
-@dataclass(eq=False)
 class _Waiter:
     """A checkout waiting its turn; ``conn`` is set when one is handed to it."""
 
@@ -114,7 +102,7 @@ class ConnectionPool(ThreadedConnectionPool):
     _pool: list[connection]
     _used: dict[Hashable, connection]
     _rused: dict[int, Hashable]
-    _slots: dict[int, _Slot]
+    _slots: dict[int, Slot]
     _opening: int
     _waiters: collections.deque[_Waiter]
     _stats: collections.Counter[str]
@@ -571,7 +559,7 @@ class ConnectionPool(ThreadedConnectionPool):
             return
         now = time.monotonic()
         jitter = 1.0 - random.uniform(0.0, _LIFETIME_JITTER)
-        slot = _Slot(conn=conn, expires=now + self.max_lifetime * jitter, last_used=now, session=_session_of(conn))
+        slot = Slot(conn=conn, expires=now + self.max_lifetime * jitter, last_used=now, session=session_of(conn))
         with self._lock:
             self._opening -= 1
             self._stats["connections_num"] += 1
@@ -652,7 +640,7 @@ class ConnectionPool(ThreadedConnectionPool):
 
     # -- return ----------------------------------------------------------
 
-    def _reset(self, conn: connection, slot: _Slot) -> bool:
+    def _reset(self, conn: connection, slot: Slot) -> bool:
         """Outside the lock: make a returned connection reusable, or say it is not."""
         try:
             status = conn.info.transaction_status if not conn.closed else None
@@ -665,8 +653,8 @@ class ConnectionPool(ThreadedConnectionPool):
                 raise psycopg2.InterfaceError("connection closed, lost, or still running a query")
             elif self.health_check and socket_state(conn) is SocketState.DEAD:
                 raise psycopg2.OperationalError("the server closed the connection while it was checked out")
-            if _session_of(conn) != slot.session:
-                _restore_session(conn, slot.session)
+            if session_of(conn) != slot.session:
+                restore_session(conn, slot.session)
         except Exception as exc:
             with self._lock:
                 self._stats["returns_bad"] += 1
@@ -703,7 +691,7 @@ class ConnectionPool(ThreadedConnectionPool):
 
     def _close(self, conn: connection) -> None:
         """Outside the lock: close a connection that leaves the pool (bounded in time)."""
-        _close_quietly(conn, self._ping_timeout())
+        close_quietly(conn, self._ping_timeout())
 
     # -- housekeeping ----------------------------------------------------
 
@@ -735,7 +723,7 @@ class ConnectionPool(ThreadedConnectionPool):
         """Close expired and surplus idle connections, report leaks, refill to minconn."""
         now = time.monotonic()
         closing: list[connection] = []
-        leaks: list[_Slot] = []
+        leaks: list[Slot] = []
         with self._lock:
             if self.closed or self._pid != os.getpid():
                 return
@@ -840,41 +828,6 @@ def _housekeep(
         del pool
         wake.wait(interval)
         wake.clear()
-
-
-def _session_of(conn: connection) -> tuple[Any, ...]:
-    return (conn.autocommit, conn.isolation_level, conn.readonly, conn.deferrable)
-
-
-def _restore_session(conn: connection, session: tuple[Any, ...]) -> None:
-    # These are client-side settings in psycopg2: restoring them costs no round trip.
-    autocommit, isolation_level, readonly, deferrable = session
-    conn.autocommit = False
-    # set_session() leaves a None argument unchanged; "default" resets it.
-    conn.set_session(
-        isolation_level="default" if isolation_level is None else isolation_level,
-        readonly="default" if readonly is None else readonly,
-        deferrable="default" if deferrable is None else deferrable,
-    )
-    conn.autocommit = autocommit
-
-
-def _close_quietly(conn: connection, timeout: float = 5.0) -> None:
-    try:
-        if not conn.closed and conn.info.transaction_status in (
-            TRANSACTION_STATUS_INTRANS,
-            TRANSACTION_STATUS_INERROR,
-        ):
-            # PgBouncer drops a server connection closed mid-transaction;
-            # a silent network must not hang the caller, hence the bound.
-            with bounded(conn, timeout):
-                conn.rollback()
-    except Exception:
-        pass
-    finally:
-        # Even if the rollback failed: an unclosed connection keeps its socket.
-        with contextlib.suppress(Exception):
-            conn.close()
 
 
 def _check_sizes(minconn: int, maxconn: int) -> None:
