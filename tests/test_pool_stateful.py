@@ -3,6 +3,7 @@ server-side kills and resizes (hypothesis stateful testing)."""
 
 from __future__ import annotations
 
+import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -82,6 +83,33 @@ class PoolMachine(RuleBasedStateMachine):
     @rule(maxconn=st.integers(1, 4), minconn=st.integers(0, 1))
     def resize(self, maxconn: int, minconn: int) -> None:
         self.pool.resize(min(minconn, maxconn), maxconn)
+
+    @rule(threads=st.integers(2, 5), grow=st.integers(1, 2))
+    def concurrent_mix(self, threads: int, grow: int) -> None:
+        """Threads check out and return while the pool is resized under them."""
+        borrowed = {id(conn) for conn in self.held}
+        guard = threading.Lock()
+
+        def borrower() -> None:
+            for _ in range(4):
+                conn = self.pool.getconn(timeout=10)
+                with guard:
+                    assert id(conn) not in borrowed, "one connection handed to two borrowers at once"
+                    borrowed.add(id(conn))
+                try:
+                    assert query_one(conn, "SELECT 1") == 1
+                finally:
+                    with guard:
+                        borrowed.discard(id(conn))
+                    self.pool.putconn(conn)
+
+        with ThreadPoolExecutor(threads) as executor:
+            futures = [executor.submit(borrower) for _ in range(threads)]
+            # Keep room for the borrowers: never below what this machine holds + 1.
+            self.pool.resize(0, len(self.held) + grow)
+            self.pool.resize(0, len(self.held) + grow + 1)
+            for future in futures:
+                future.result(timeout=60)
 
     @rule()
     def check(self) -> None:
