@@ -361,10 +361,10 @@ class ConnectionPool(ThreadedConnectionPool):
                     elif waiter is None and not self._waiters and self._pool:
                         conn = self._pool.pop()
                     elif waiter is None:
-                        if self.max_waiting and len(self._waiters) >= self.max_waiting:
+                        if self.max_waiting and self._queue_full():
                             self._stats["requests_errors"] += 1
                             raise TooManyRequests(
-                                f"pool {self.name!r}: {len(self._waiters)} requests are already waiting "
+                                f"pool {self.name!r}: {self.max_waiting} requests are already waiting "
                                 f"for a connection (max_waiting, PGPOOL_MAX_WAITING); raise it, raise "
                                 f"maxconn (PGPOOL_MAXCONN), or send fewer requests at once"
                             )
@@ -420,6 +420,17 @@ class ConnectionPool(ThreadedConnectionPool):
             if conn is not None:
                 self._close(conn)
             raise
+
+    def _queue_full(self) -> bool:
+        """Under the lock: would one more checkout exceed ``max_waiting``?
+
+        Checkouts a connection is being opened for, or that can open one, are
+        not queued: the limit is on those waiting for a connection to be
+        returned (or for a failing server).
+        """
+        can_grow = self._size() < self.maxconn and not self._backoff
+        waiting = len(self._waiters) - self._opening
+        return not can_grow and waiting >= self.max_waiting
 
     def _register(self, conn: connection, key: Hashable | None) -> None:
         """Under the lock: record a connection as checked out."""

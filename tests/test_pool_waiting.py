@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import psycopg2.pool
 import pytest
+from psycopg2.extensions import connection
 from support import poolkit
 from support.poolkit import PoolFactory, query_one, run_in_thread, wait_until
 
@@ -143,3 +145,19 @@ def test_a_waiter_is_handed_the_returned_connection(make_pool: PoolFactory) -> N
     pool.putconn(holder)
     assert result(5) is holder
     assert pool.get_stats()["connections_num"] == 1
+
+
+def test_max_waiting_does_not_refuse_checkouts_that_can_open_a_connection(make_pool: PoolFactory) -> None:
+    pool = make_pool(0, 4, timeout=10, max_waiting=1)
+    barrier = threading.Barrier(4)
+
+    def request() -> connection:
+        barrier.wait(5)
+        return pool.getconn()
+
+    with ThreadPoolExecutor(4) as executor:
+        conns = list(executor.map(lambda _: request(), range(4), timeout=30))
+    assert len({id(conn) for conn in conns}) == 4
+    assert pool.get_stats()["requests_errors"] == 0
+    for conn in conns:
+        pool.putconn(conn)
