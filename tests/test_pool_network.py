@@ -45,7 +45,7 @@ def test_dropped_network_fails_checkouts_within_timeout_then_recovers(
     make_pool: PoolFactory, proxy: TcpProxy, pg_dsn: str
 ) -> None:
     pool = make_pool(0, 2, dsn=via_proxy(pg_dsn, proxy), timeout=1.5, connect_timeout=2)
-    conn = pool.getconn()
+    conn = pool.getconn(timeout=10)
     pool.putconn(conn)
     proxy.drop()
     started = time.monotonic()
@@ -66,8 +66,8 @@ def test_dropped_network_fails_checkouts_within_timeout_then_recovers(
 def test_blackholed_network_does_not_hang_a_checkout_that_pings(
     make_pool: PoolFactory, proxy: TcpProxy, pg_dsn: str
 ) -> None:
-    pool = make_pool(0, 2, dsn=via_proxy(pg_dsn, proxy), timeout=2, ping_after=0.2, connect_timeout=3)
-    conn = pool.getconn()
+    pool = make_pool(0, 2, dsn=via_proxy(pg_dsn, proxy), timeout=2, ping_after=0.2, connect_timeout=8)
+    conn = pool.getconn(timeout=10)
     pool.putconn(conn)
     time.sleep(0.3)  # old enough to be pinged
     proxy.blackhole()
@@ -76,7 +76,7 @@ def test_blackholed_network_does_not_hang_a_checkout_that_pings(
     with pytest.raises(PoolTimeout):
         result(10)
     elapsed = time.monotonic() - started
-    assert 2 <= elapsed < 3.5, elapsed
+    assert 2 <= elapsed < 5, elapsed  # not the 8 s of a connect
     assert conn.closed  # the ping's watchdog broke it; it is gone
     assert pool.get_stats()["connections_lost"] == 1
     proxy.pass_through()
@@ -115,7 +115,7 @@ def test_checkout_gives_up_at_its_timeout_while_a_connect_hangs(
     with pytest.raises(PoolTimeout) as info:
         pool.getconn()
     elapsed = time.monotonic() - started
-    assert 1 <= elapsed < 2.5, "the checkout waited for the connect, not for its own timeout"
+    assert 1 <= elapsed < 4, "the checkout waited for the connect, not for its own timeout"
     assert "still being opened" in str(info.value) and "PGPOOL_CONNECT_TIMEOUT" in str(info.value)
     # The connect goes on in the background; once the network heals it is used.
     proxy.pass_through()

@@ -49,7 +49,7 @@ def test_server_down_fails_within_timeout_with_backoff_then_recovers(
     pg: PgCluster, cluster_pool: PoolFactory
 ) -> None:
     pool = cluster_pool(0, 4, timeout=1.0, connect_timeout=2)
-    pool.putconn(pool.getconn())
+    pool.putconn(pool.getconn(timeout=10))
     pg.stop()
     started = time.monotonic()
     with pytest.raises(PoolTimeout) as info:

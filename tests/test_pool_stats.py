@@ -54,8 +54,8 @@ def test_every_stats_key_counts_truthfully(make_pool: PoolFactory, admin: connec
     assert set(stats) == set(STATS_KEYS)
     assert stats == dict.fromkeys(STATS_KEYS, 0) | {"pool_min": 0, "pool_max": 2}
 
-    a = pool.getconn()  # request 1: a new connection
-    b = pool.getconn()  # request 2: a new connection
+    a = pool.getconn(timeout=10)  # request 1: a new connection
+    b = pool.getconn(timeout=10)  # request 2: a new connection
     waiter = run_in_thread(lambda: pool.getconn(timeout=10), name="waiter")  # request 3: queued
     wait_until(lambda: pool.get_stats()["requests_waiting"] == 1, timeout=5, what="a waiter")
     with pytest.raises(TooManyRequests):
@@ -70,7 +70,7 @@ def test_every_stats_key_counts_truthfully(make_pool: PoolFactory, admin: connec
     pool.putconn(b)  # returned broken
     pool.putconn(a)
     terminate(admin, backend_pid(a))
-    c = pool.getconn()  # request 6: a is found dead, c is new
+    c = pool.getconn(timeout=10)  # request 6: a is found dead, c is new
     pool.putconn(c)
 
     stats = pool.get_stats()

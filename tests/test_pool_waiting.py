@@ -76,7 +76,7 @@ def test_waiters_are_served_first_come_first_served(make_pool: PoolFactory) -> N
 
 def test_timeout_raises_within_bounds_and_says_what_to_tune(make_pool: PoolFactory) -> None:
     pool = make_pool(0, 2, timeout=1.0)
-    held = [pool.getconn(), pool.getconn()]
+    held = [pool.getconn(timeout=10), pool.getconn(timeout=10)]
     started = time.monotonic()
     with pytest.raises(PoolTimeout) as info:
         pool.getconn()
