@@ -10,11 +10,16 @@ is bounded by a watchdog that shuts the socket down when it expires.
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import heapq
+import itertools
 import os
 import select
 import socket
 import threading
+import time
+from collections.abc import Iterator
 
 from psycopg2.extensions import TRANSACTION_STATUS_IDLE, connection
 
@@ -73,40 +78,51 @@ def ping(conn: connection, timeout: float) -> bool:
     On time-out the socket is shut down, which wakes libpq from its wait and
     leaves the connection broken: the caller discards it.
     """
-    watchdog = _Watchdog(conn, timeout)
-    autocommit = conn.autocommit
     ok = False
+    with bounded(conn, timeout) as watchdog:
+        try:
+            # In autocommit the ping is one round trip and opens no transaction.
+            autocommit = conn.autocommit
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1")
+                ok = cur.fetchone() == (1,)
+            conn.autocommit = autocommit
+        except Exception:
+            ok = False
+    return ok and not watchdog.fired and not conn.closed
+
+
+@contextlib.contextmanager
+def bounded(conn: connection, timeout: float) -> Iterator[Watchdog]:
+    """Run the block's exchange with the server for at most ``timeout`` seconds.
+
+    libpq waits for the server without a limit; past ``timeout`` the socket is
+    shut down, the pending call fails, and the connection is broken (check
+    ``watchdog.fired`` and discard it).
+    """
+    watchdog = Watchdog(conn, timeout)
     try:
-        # In autocommit the ping is one round trip and opens no transaction.
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute("SELECT 1")
-            ok = cur.fetchone() == (1,)
-        conn.autocommit = autocommit
-    except Exception:
-        ok = False
+        yield watchdog
     finally:
-        fired = watchdog.disarm()
-    return ok and not fired and not conn.closed
+        watchdog.disarm()
 
 
-class _Watchdog:
+class Watchdog:
     """Shuts a connection's socket down if it is still armed after ``timeout``."""
 
     def __init__(self, conn: connection, timeout: float) -> None:
         self._lock = threading.Lock()
         self._armed = True
-        self._fired = False
+        self.fired = False
         self._fd = conn.fileno()
-        self._timer = threading.Timer(max(timeout, 0.001), self._fire)
-        self._timer.daemon = True
-        self._timer.start()
+        _timers.add(time.monotonic() + max(timeout, 0.001), self)
 
-    def _fire(self) -> None:
+    def fire(self) -> None:
         with self._lock:
             if not self._armed:
                 return
-            self._fired = True
+            self.fired = True
             try:
                 # A duplicate descriptor shares the socket: shutting it down
                 # ends the stuck exchange; closing the duplicate frees only it.
@@ -122,6 +138,49 @@ class _Watchdog:
         """Stop the watchdog; return whether it had already fired."""
         with self._lock:
             self._armed = False
-            fired = self._fired
-        self._timer.cancel()
-        return fired
+        return self.fired
+
+
+class _Timers:
+    """One background thread for every watchdog of the process.
+
+    A thread per watchdog would cost a thread start on every return of a
+    connection with an open transaction; here arming is a heap push.
+    Disarmed watchdogs are dropped when their time comes.
+    """
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._heap: list[tuple[float, int, Watchdog]] = []
+        self._order = itertools.count()
+        self._pid = 0  # no thread in this process yet
+
+    def add(self, deadline: float, watchdog: Watchdog) -> None:
+        with self._cond:
+            if self._pid != os.getpid():
+                self._pid = os.getpid()
+                threading.Thread(target=self._run, name="flask-pgpool-watchdog", daemon=True).start()
+            sooner = not self._heap or deadline < self._heap[0][0]
+            heapq.heappush(self._heap, (deadline, next(self._order), watchdog))
+            if sooner:
+                self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    now = time.monotonic()
+                    if self._heap and self._heap[0][0] <= now:
+                        watchdog = heapq.heappop(self._heap)[2]
+                        break
+                    self._cond.wait(self._heap[0][0] - now if self._heap else None)
+            watchdog.fire()
+            del watchdog
+
+
+_timers = _Timers()
+# A child starts without the parent's thread, and maybe with its lock held.
+os.register_at_fork(after_in_child=_timers._reset)

@@ -6,7 +6,8 @@ It knows nothing of Flask. What it changes from psycopg2's pool:
   raising "connection pool exhausted";
 * idle connections are kept (up to ``maxconn``) and closed only after
   ``max_idle``; ``minconn`` stay open once the pool is in use;
-* connecting, rolling back and pinging happen outside the lock;
+* connections are opened in background threads, and rolling back and
+  pinging happen outside the lock, bounded in time;
 * a connection the server has closed is detected at checkout and replaced,
   without a round trip for a healthy, recently used connection;
 * a slot is freed whatever happens on return; counts never drift;
@@ -19,7 +20,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
-import math
 import os
 import random
 import threading
@@ -28,7 +28,7 @@ import traceback
 import weakref
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NoReturn, cast
+from typing import Any, cast
 
 import psycopg2
 from psycopg2.extensions import (
@@ -40,8 +40,9 @@ from psycopg2.extensions import (
 from psycopg2.pool import PoolError, ThreadedConnectionPool
 
 from . import dsn as dsnlib
+from .connections import Slot, close_quietly, restore_session, session_of
 from .errors import PoolClosed, PoolTimeout, TooManyRequests
-from .health import SocketState, ping, socket_state
+from .health import SocketState, bounded, ping, socket_state
 
 __all__ = ["STATS_KEYS", "ConnectionPool"]
 
@@ -79,19 +80,6 @@ _pools: weakref.WeakSet[ConnectionPool] = weakref.WeakSet()
 
 
 @dataclass(eq=False)
-class _Slot:
-    """What the pool knows of one open connection."""
-
-    conn: connection
-    expires: float
-    last_used: float
-    session: tuple[Any, ...]
-    checked_out: float = 0.0
-    stack: traceback.StackSummary | None = None
-    leak_reported: bool = False
-
-
-@dataclass(eq=False)
 class _Waiter:
     """A checkout waiting its turn; ``conn`` is set when one is handed to it."""
 
@@ -114,7 +102,7 @@ class ConnectionPool(ThreadedConnectionPool):
     _pool: list[connection]
     _used: dict[Hashable, connection]
     _rused: dict[int, Hashable]
-    _slots: dict[int, _Slot]
+    _slots: dict[int, Slot]
     _opening: int
     _waiters: collections.deque[_Waiter]
     _stats: collections.Counter[str]
@@ -188,22 +176,12 @@ class ConnectionPool(ThreadedConnectionPool):
                 conn: connection = self._used[key]
                 return conn
             self._stats["requests_num"] += 1
-        conn = self._acquire(time.monotonic(), self.timeout if timeout is None else timeout)
+        conn = self._acquire(time.monotonic(), self.timeout if timeout is None else timeout, key)
         with self._lock:
-            # Started only now that this connection counts towards minconn:
+            # Started only once this connection counts towards minconn:
             # started earlier, its first refill races the checkout and opens
             # one connection too many.
             self._start_housekeeper()
-            if key is None:
-                self._keys += 1
-                key = ("flask_pgpool", self._keys)
-            self._used[key] = conn
-            self._rused[id(conn)] = key
-            slot = self._slots[id(conn)]
-            slot.checked_out = time.monotonic()
-            slot.leak_reported = False
-            if self.leak_timeout is not None:
-                slot.stack = traceback.StackSummary.from_list(traceback.extract_stack()[:-1])
         return conn
 
     def putconn(self, conn: connection | None = None, key: Hashable | None = None, close: bool = False) -> None:
@@ -216,7 +194,9 @@ class ConnectionPool(ThreadedConnectionPool):
         with self._locked():
             if conn is None:
                 if key is None or key not in self._used:
-                    raise PoolError("putconn() needs a connection, or the key it was checked out with")
+                    raise PoolError(
+                        f"pool {self.name!r}: putconn() needs a connection, or the key it was checked out with"
+                    )
                 conn = self._used[key]
             if key is None:
                 key = self._rused.get(id(conn))
@@ -241,7 +221,7 @@ class ConnectionPool(ThreadedConnectionPool):
                     keep = False
                     self._forget(conn)
             if not keep:
-                _close_quietly(conn)
+                self._close(conn)
 
     def closeall(self) -> None:
         """Close the pool: idle connections now, connections in use when returned.
@@ -262,13 +242,17 @@ class ConnectionPool(ThreadedConnectionPool):
             self._waiters.clear()
             self._stop_housekeeper()
         for conn in idle:
-            _close_quietly(conn)
+            self._close(conn)
         _log.debug("pool %r closed", self.name)
 
     close = closeall
 
     def resize(self, minconn: int, maxconn: int) -> None:
-        """Change the pool's bounds at run time."""
+        """Change the pool's bounds at run time.
+
+        Growing takes effect at once (waiting checkouts may open connections);
+        shrinking closes idle connections now and surplus ones when returned.
+        """
         _check_sizes(minconn, maxconn)
         with self._locked():
             self.minconn, self.maxconn = minconn, maxconn
@@ -277,10 +261,11 @@ class ConnectionPool(ThreadedConnectionPool):
                 conn = self._pool.pop(0)
                 self._slots.pop(id(conn), None)
                 excess.append(conn)
-            self._wake_next_waiter()
+            spawn = self._grow()
             self._housekeeper_wake.set()
+        self._spawn(spawn)
         for conn in excess:
-            _close_quietly(conn)
+            self._close(conn)
 
     def check(self) -> None:
         """Test every idle connection with a round trip; replace the dead ones."""
@@ -288,44 +273,50 @@ class ConnectionPool(ThreadedConnectionPool):
             self._check_open()
             checking = list(self._pool)
             self._pool.clear()
-        good: list[connection] = []
-        for conn in checking:
-            if socket_state(conn) is not SocketState.DEAD and ping(conn, self._ping_timeout()):
-                good.append(conn)
+        alive = {
+            id(conn)
+            for conn in checking
+            if socket_state(conn) is not SocketState.DEAD and ping(conn, self._ping_timeout())
+        }
+        closing: list[connection] = []
         with self._lock:
             now = time.monotonic()
             for conn in checking:
-                if conn in good and not self.closed:
+                if id(conn) in alive and not self.closed:
                     self._slots[id(conn)].last_used = now
                     self._give_back(conn)
                 else:
-                    if conn not in good:
+                    if id(conn) not in alive:
                         self._stats["connections_lost"] += 1
                     self._forget(conn)
-            self._housekeeper_wake.set()
-        for conn in checking:
-            if conn not in good or self.closed:
-                _close_quietly(conn)
+                    closing.append(conn)
+            spawn = self._grow()
+        self._spawn(spawn)
+        for conn in closing:
+            self._close(conn)
 
     def get_stats(self) -> dict[str, int]:
         """The pool's gauges and counters (see :data:`STATS_KEYS`)."""
         with self._locked():
-            stats = {
-                "pool_min": self.minconn,
-                "pool_max": self.maxconn,
-                "pool_size": self._size(),
-                "pool_available": len(self._pool),
-                "requests_waiting": len(self._waiters),
-            }
-            stats.update((k, int(self._stats[k])) for k in _COUNTERS)
+            return self._snapshot()
+
+    def _snapshot(self) -> dict[str, int]:
+        stats = {
+            "pool_min": self.minconn,
+            "pool_max": self.maxconn,
+            "pool_size": self._size(),
+            "pool_available": len(self._pool),
+            "requests_waiting": len(self._waiters),
+        }
+        stats.update((k, int(self._stats[k])) for k in _COUNTERS)
         return stats
 
     def pop_stats(self) -> dict[str, int]:
-        """Like :meth:`get_stats`, then reset the counters to zero."""
-        stats = self.get_stats()
+        """Like :meth:`get_stats`, then reset the counters to zero (atomically)."""
         with self._locked():
+            stats = self._snapshot()
             for key in _COUNTERS:
-                self._stats[key] -= stats[key]
+                self._stats[key] = 0
         return stats
 
     def redact(self, text: str) -> str:
@@ -352,119 +343,189 @@ class ConnectionPool(ThreadedConnectionPool):
         )
 
     # -- checkout --------------------------------------------------------
+    #
+    # A checkout takes an idle connection when nobody is waiting; otherwise it
+    # queues. Queued checkouts are served in order by returned connections and
+    # by connections opened for them in the background (``_grow``), so a slow
+    # or failing connect delays nobody beyond their own timeout.
 
-    def _acquire(self, start: float, timeout: float) -> connection:
+    def _acquire(self, start: float, timeout: float, key: Hashable | None) -> connection:
         deadline = start + timeout
         waiter: _Waiter | None = None
-        queued = False
-        connect_error: str | None = None
-        while True:
-            with self._lock:
-                if self.closed:
-                    self._leave_closed_pool(waiter)
-                grant = self._reserve(waiter)
-                if grant is None and waiter is None:
-                    if self.max_waiting and len(self._waiters) >= self.max_waiting:
-                        self._stats["requests_errors"] += 1
-                        raise TooManyRequests(
-                            f"pool {self.name!r}: {len(self._waiters)} requests are already waiting "
-                            f"for a connection (max_waiting, PGPOOL_MAX_WAITING); raise it, raise "
-                            f"maxconn (PGPOOL_MAXCONN), or send fewer requests at once"
-                        )
-                    waiter = _Waiter()
-                    self._waiters.append(waiter)
-                    if not queued:
-                        queued = True
-                        self._stats["requests_queued"] += 1
-            if grant is None:
+        queued = False  # waited in line at least once
+        conn: connection | None = None
+        try:
+            while True:
+                spawn = 0
+                with self._lock:
+                    if self.closed:
+                        raise self._leave_closed_pool(waiter)
+                    if waiter is not None and waiter.conn is not None:
+                        # Handed over by _give_back, which took it off the queue.
+                        conn, waiter.conn = waiter.conn, None
+                    elif waiter is None and not self._waiters and self._pool:
+                        conn = self._pool.pop()
+                    elif waiter is None:
+                        if self.max_waiting and self._queue_full():
+                            self._stats["requests_errors"] += 1
+                            raise TooManyRequests(
+                                f"pool {self.name!r}: {self.max_waiting} requests are already waiting "
+                                f"for a connection (max_waiting, PGPOOL_MAX_WAITING); raise it, raise "
+                                f"maxconn (PGPOOL_MAXCONN), or send fewer requests at once"
+                            )
+                        waiter = _Waiter()
+                        self._waiters.append(waiter)
+                        spawn = self._grow()
+                        if not queued and self._opening < len(self._waiters):
+                            # No connection is on its way for this request.
+                            queued = True
+                            self._stats["requests_queued"] += 1
+                    else:
+                        spawn = self._grow()
+                self._spawn(spawn)
+
+                if conn is not None:
+                    if self._usable(conn, deadline):
+                        with self._lock:
+                            self._register(conn, key)
+                            if queued:
+                                self._stats["requests_wait_ms"] += int((time.monotonic() - start) * 1000)
+                        return conn
+                    with self._lock:
+                        self._forget(conn)
+                        if waiter is not None:
+                            # A dead connection does not cost the request its place.
+                            self._waiters.appendleft(waiter)
+                            waiter.event.clear()
+                    self._close(conn)
+                    conn = None
+                    continue
+
                 assert waiter is not None
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    grant = self._give_up(waiter)
-                    if grant is None:
-                        raise self._timeout_error(timeout, connect_error)
-                else:
-                    waiter.event.wait(self._wait_time(waiter, remaining))
-                    waiter.event.clear()
-                    continue
-            waiter = None
-            if grant is _CONNECT:
-                try:
-                    conn = self._connect(deadline)
-                except psycopg2.Error as exc:
-                    connect_error = dsnlib.redact(str(exc).strip(), self._secrets)
-                    continue
-            else:
-                assert isinstance(grant, connection)
-                conn = grant
-                if not self._usable(conn, deadline):
                     with self._lock:
-                        self._forget(conn)
-                    _close_quietly(conn)
-                    continue
-            if queued:
-                with self._lock:
-                    self._stats["requests_wait_ms"] += int((time.monotonic() - start) * 1000)
-            return conn
+                        if waiter.conn is not None:
+                            continue  # served at the last moment
+                        self._leave_queue(waiter)
+                        self._stats["requests_errors"] += 1
+                        raise self._timeout_error(timeout)
+                waiter.event.wait(self._wait_time(waiter, remaining))
+                waiter.event.clear()
+        except BaseException:
+            # Whatever interrupted the checkout (including KeyboardInterrupt),
+            # its place in the queue and any connection it held are released.
+            with self._lock:
+                if waiter is not None:
+                    self._leave_queue(waiter)
+                    if waiter.conn is not None:
+                        conn, waiter.conn = waiter.conn, None
+                if conn is not None:
+                    self._forget(conn)
+            if conn is not None:
+                self._close(conn)
+            raise
 
-    def _leave_closed_pool(self, waiter: _Waiter | None) -> NoReturn:
-        """Under the lock: fail a checkout because the pool was closed."""
+    def _queue_full(self) -> bool:
+        """Under the lock: would one more checkout exceed ``max_waiting``?
+
+        Checkouts a connection is being opened for, or that can open one, are
+        not queued: the limit is on those waiting for a connection to be
+        returned (or for a failing server).
+        """
+        can_grow = self._size() < self.maxconn and not self._backoff
+        waiting = len(self._waiters) - self._opening
+        return not can_grow and waiting >= self.max_waiting
+
+    def _register(self, conn: connection, key: Hashable | None) -> None:
+        """Under the lock: record a connection as checked out."""
+        if key is None:
+            self._keys += 1
+            key = ("flask_pgpool", self._keys)
+        self._used[key] = conn
+        self._rused[id(conn)] = key
+        slot = self._slots[id(conn)]
+        slot.checked_out = time.monotonic()
+        slot.leak_reported = False
+        slot.stack = None
+        if self.leak_timeout is not None:
+            slot.stack = traceback.StackSummary.from_list(traceback.extract_stack()[:-3])
+
+    def _leave_closed_pool(self, waiter: _Waiter | None) -> PoolClosed:
+        """Under the lock: the error for a checkout that finds the pool closed."""
         if waiter is not None:
             self._stats["requests_errors"] += 1
-            if waiter.conn is not None:
-                # Handed over just before the close: it is ours to release.
-                self._forget(waiter.conn)
-                _close_quietly(waiter.conn)
-        raise PoolClosed(f"pool {self.name!r} is closed")
+        return PoolClosed(f"pool {self.name!r} is closed")
 
-    def _reserve(self, waiter: _Waiter | None) -> connection | object | None:
-        """Under the lock: an idle connection, ``_CONNECT`` (a slot to fill), or None."""
-        if waiter is not None and waiter.conn is not None:
-            conn, waiter.conn = waiter.conn, None
-            return conn
-        first = not self._waiters if waiter is None else self._waiters[0] is waiter
-        if not first:
-            return None
-        grant: connection | object | None = None
-        if self._pool:
-            grant = self._pool.pop()
-        elif self._size() < self.maxconn and time.monotonic() >= self._next_connect_at:
-            self._opening += 1
-            grant = _CONNECT
-        if grant is not None and waiter is not None:
-            self._waiters.popleft()
+    def _leave_queue(self, waiter: _Waiter) -> None:
+        """Under the lock: take a waiter off the queue (wherever it is)."""
+        head = bool(self._waiters) and self._waiters[0] is waiter
+        with contextlib.suppress(ValueError):
+            self._waiters.remove(waiter)
+        if head:
             self._wake_next_waiter()
-        return grant
+
+    def _grow(self) -> int:
+        """Under the lock: reserve slots for the connections to open now; return how many.
+
+        One per waiting checkout not already covered by a connection being
+        opened, or up to ``minconn`` once the pool is in use; never beyond
+        ``maxconn``. While the server is failing, a single attempt at a time,
+        after the backoff delay.
+        """
+        if self.closed:
+            return 0
+        want = len(self._waiters) - self._opening
+        if self._housekeeper is not None:
+            want = max(want, self.minconn - self._size())
+        want = min(want, self.maxconn - self._size())
+        if want <= 0:
+            return 0
+        if self._backoff:
+            if self._opening or time.monotonic() < self._next_connect_at:
+                return 0
+            want = 1
+        self._opening += want
+        return want
+
+    def _spawn(self, count: int) -> None:
+        """Outside the lock: open ``count`` connections in background threads."""
+        for _ in range(count):
+            try:
+                threading.Thread(
+                    target=self._open_connection, name=f"flask-pgpool-{self.name}-connect", daemon=True
+                ).start()
+            except BaseException:
+                with self._lock:
+                    self._opening -= 1
+                raise
 
     def _wait_time(self, waiter: _Waiter, remaining: float) -> float:
-        # The first in line must wake when the backoff ends, to try to connect.
+        # The first in line wakes when the backoff ends, to start the next attempt.
         with self._lock:
-            if self._waiters and self._waiters[0] is waiter and self._next_connect_at:
-                return max(0.001, min(remaining, self._next_connect_at - time.monotonic()))
+            now = time.monotonic()
+            if (
+                self._waiters
+                and self._waiters[0] is waiter
+                and self._next_connect_at > now
+                and self._size() < self.maxconn
+            ):
+                return max(0.001, min(remaining, self._next_connect_at - now))
         return remaining
 
-    def _give_up(self, waiter: _Waiter) -> connection | None:
-        """Leave the queue at the deadline, unless a connection arrived meanwhile."""
-        with self._lock:
-            if waiter.conn is not None:
-                conn, waiter.conn = waiter.conn, None
-                return conn
-            head = bool(self._waiters) and self._waiters[0] is waiter
-            with contextlib.suppress(ValueError):
-                self._waiters.remove(waiter)
-            if head:
-                self._wake_next_waiter()
-            self._stats["requests_errors"] += 1
-        return None
-
-    def _timeout_error(self, timeout: float, connect_error: str | None) -> PoolTimeout:
-        if connect_error is None and self._last_connect_error and self._next_connect_at:
-            connect_error = self._last_connect_error
-        if connect_error:
+    def _timeout_error(self, timeout: float) -> PoolTimeout:
+        """Under the lock: a PoolTimeout that says why and what to tune."""
+        if self._backoff and self._last_connect_error:
             return PoolTimeout(
                 f"pool {self.name!r}: could not connect to the database within {timeout:g} s "
-                f"(timeout, PGPOOL_TIMEOUT): {connect_error}. Check that the server is up "
+                f"(timeout, PGPOOL_TIMEOUT): {self._last_connect_error}. Check that the server is up "
                 f"and that the connection string (PGPOOL_DSN) is right"
+            )
+        if self._opening and len(self._slots) < self.maxconn:
+            return PoolTimeout(
+                f"pool {self.name!r}: no connection within {timeout:g} s (timeout, PGPOOL_TIMEOUT): "
+                f"a new connection is still being opened; the server or the network is slow to "
+                f"answer (connect_timeout, PGPOOL_CONNECT_TIMEOUT)"
             )
         return PoolTimeout(
             f"pool {self.name!r}: no connection free within {timeout:g} s; all {self.maxconn} "
@@ -473,7 +534,7 @@ class ConnectionPool(ThreadedConnectionPool):
         )
 
     def _usable(self, conn: connection, deadline: float) -> bool:
-        """Decide at checkout whether an idle connection may be handed out."""
+        """Outside the lock: decide at checkout whether an idle connection may be handed out."""
         slot = self._slots[id(conn)]
         now = time.monotonic()
         if now >= slot.expires:
@@ -487,9 +548,10 @@ class ConnectionPool(ThreadedConnectionPool):
             needs_ping = state is SocketState.UNSURE or slot.last_used <= self._suspect_before
             if self.ping_after is not None and now - slot.last_used >= self.ping_after:
                 needs_ping = True
-            alive = state is not SocketState.DEAD and (
-                not needs_ping or ping(conn, min(self._ping_timeout(), max(deadline - now, 0.05)))
-            )
+            # Half the time left at most, so that a silent network leaves time
+            # to open another connection.
+            budget = min(self._ping_timeout(), max((deadline - now) / 2, 0.05))
+            alive = state is not SocketState.DEAD and (not needs_ping or ping(conn, budget))
         if not alive:
             with self._lock:
                 self._stats["connections_lost"] += 1
@@ -503,18 +565,44 @@ class ConnectionPool(ThreadedConnectionPool):
 
     # -- connecting ------------------------------------------------------
 
-    def _connect(self, deadline: float | None = None) -> connection:
-        """Open a connection into a slot reserved by ``_opening``; outside the lock.
-
-        With a ``deadline`` (a checkout's), the connect gives up by then, within
-        libpq's granularity, rather than after the full connect_timeout.
-        """
+    def _open_connection(self) -> None:
+        """In a background thread: fill a slot reserved by ``_grow``."""
         started = time.monotonic()
+        try:
+            conn = self._connect()
+        except BaseException as exc:
+            self._connect_failed(started, exc)
+            return
+        now = time.monotonic()
+        jitter = 1.0 - random.uniform(0.0, _LIFETIME_JITTER)
+        slot = Slot(conn=conn, expires=now + self.max_lifetime * jitter, last_used=now, session=session_of(conn))
+        with self._lock:
+            self._opening -= 1
+            self._stats["connections_num"] += 1
+            self._stats["connections_ms"] += int((now - started) * 1000)
+            recovered = self._last_connect_error if self._backoff else None
+            self._next_connect_at = 0.0
+            self._backoff = 0.0
+            self._last_connect_error = None
+            # Closed meanwhile, or shrunk by resize() below what is open.
+            stale = self.closed or self._size() >= self.maxconn
+            spawn = 0
+            if not stale:
+                self._slots[id(conn)] = slot
+                self._give_back(conn)
+                spawn = self._grow()
+        if stale:
+            self._close(conn)
+            return
+        if recovered:
+            _log.info("pool %r: connected again after: %s", self.name, recovered)
+        self._spawn(spawn)
+
+    def _connect(self) -> connection:
+        """Open and set up one connection; outside the lock."""
         conn = None
         try:
             dsn, kwargs = self._connect_params()
-            if deadline is not None:
-                kwargs = _bounded_connect_timeout(dsn, kwargs, deadline - started)
             conn = cast(connection, psycopg2.connect(dsn, **kwargs))
             if self.read_only:
                 conn.set_session(readonly=True)
@@ -522,37 +610,10 @@ class ConnectionPool(ThreadedConnectionPool):
                 self.configure(conn)
                 if conn.info.transaction_status != TRANSACTION_STATUS_IDLE:
                     conn.rollback()
-        except BaseException as exc:
+        except BaseException:
             if conn is not None:
-                _close_quietly(conn)
-            self._connect_failed(started, exc)
+                self._close(conn)
             raise
-        now = time.monotonic()
-        jitter = 1.0 - random.uniform(0.0, _LIFETIME_JITTER)
-        slot = _Slot(
-            conn=conn,
-            expires=now + self.max_lifetime * jitter,
-            last_used=now,
-            session=_session_of(conn),
-        )
-        with self._lock:
-            self._opening -= 1
-            self._stats["connections_num"] += 1
-            self._stats["connections_ms"] += int((now - started) * 1000)
-            if self._next_connect_at:
-                _log.info("pool %r: connected again after %s", self.name, self._last_connect_error)
-            self._next_connect_at = 0.0
-            self._backoff = 0.0
-            self._last_connect_error = None
-            self._slots[id(conn)] = slot
-            if self.closed:
-                self._forget(conn)
-                closed = True
-            else:
-                closed = False
-        if closed:
-            _close_quietly(conn)
-            raise PoolClosed(f"pool {self.name!r} was closed while connecting")
         return conn
 
     def _connect_failed(self, started: float, exc: BaseException) -> None:
@@ -562,7 +623,7 @@ class ConnectionPool(ThreadedConnectionPool):
             self._stats["connections_num"] += 1
             self._stats["connections_errors"] += 1
             self._stats["connections_ms"] += int((time.monotonic() - started) * 1000)
-            first = self._next_connect_at == 0.0
+            first = not self._backoff
             self._backoff = min(_BACKOFF_MAX, self._backoff * 2 or _BACKOFF_FIRST)
             self._next_connect_at = time.monotonic() + self._backoff * random.uniform(0.5, 1.0)
             self._last_connect_error = message
@@ -595,16 +656,21 @@ class ConnectionPool(ThreadedConnectionPool):
 
     # -- return ----------------------------------------------------------
 
-    def _reset(self, conn: connection, slot: _Slot) -> bool:
+    def _reset(self, conn: connection, slot: Slot) -> bool:
         """Outside the lock: make a returned connection reusable, or say it is not."""
         try:
             status = conn.info.transaction_status if not conn.closed else None
             if status in (TRANSACTION_STATUS_INTRANS, TRANSACTION_STATUS_INERROR):
-                conn.rollback()
+                with bounded(conn, self._ping_timeout()) as watchdog:
+                    conn.rollback()
+                if watchdog.fired:
+                    raise psycopg2.OperationalError("rollback did not finish in time")
             elif status != TRANSACTION_STATUS_IDLE:
-                raise psycopg2.InterfaceError("connection closed or lost")
-            if _session_of(conn) != slot.session:
-                _restore_session(conn, slot.session)
+                raise psycopg2.InterfaceError("connection closed, lost, or still running a query")
+            elif self.health_check and socket_state(conn) is SocketState.DEAD:
+                raise psycopg2.OperationalError("the server closed the connection while it was checked out")
+            if session_of(conn) != slot.session:
+                restore_session(conn, slot.session)
         except Exception as exc:
             with self._lock:
                 self._stats["returns_bad"] += 1
@@ -622,6 +688,9 @@ class ConnectionPool(ThreadedConnectionPool):
             waiter = self._waiters.popleft()
             waiter.conn = conn
             waiter.event.set()
+            if self._next_connect_at:
+                # The new first in line owns the backoff timer now.
+                self._wake_next_waiter()
         else:
             self._pool.append(conn)
 
@@ -635,6 +704,10 @@ class ConnectionPool(ThreadedConnectionPool):
     def _wake_next_waiter(self) -> None:
         if self._waiters:
             self._waiters[0].event.set()
+
+    def _close(self, conn: connection) -> None:
+        """Outside the lock: close a connection that leaves the pool (bounded in time)."""
+        close_quietly(conn, self._ping_timeout())
 
     # -- housekeeping ----------------------------------------------------
 
@@ -666,10 +739,11 @@ class ConnectionPool(ThreadedConnectionPool):
         """Close expired and surplus idle connections, report leaks, refill to minconn."""
         now = time.monotonic()
         closing: list[connection] = []
-        leaks: list[_Slot] = []
+        leaks: list[Slot] = []
         with self._lock:
             if self.closed or self._pid != os.getpid():
                 return
+            # Oldest first, so that the surplus closed is the least used.
             for conn in list(self._pool):
                 slot = self._slots[id(conn)]
                 expired = now >= slot.expires
@@ -684,8 +758,10 @@ class ConnectionPool(ThreadedConnectionPool):
                     if not slot.leak_reported and now - slot.checked_out >= self.leak_timeout:
                         slot.leak_reported = True
                         leaks.append(slot)
+            spawn = self._grow()
+        self._spawn(spawn)
         for conn in closing:
-            _close_quietly(conn)
+            self._close(conn)
         for slot in leaks:
             _log.warning(
                 "pool %r: a connection has been checked out for %.1f s (leak_timeout, "
@@ -694,26 +770,6 @@ class ConnectionPool(ThreadedConnectionPool):
                 now - slot.checked_out,
                 "".join(slot.stack.format()) if slot.stack else "(stack not recorded)\n",
             )
-        self._refill()
-
-    def _refill(self) -> None:
-        """Open connections until ``minconn`` are open (one at a time, outside the lock)."""
-        while True:
-            with self._lock:
-                if (
-                    self.closed
-                    or self._size() >= self.minconn
-                    or self._size() >= self.maxconn
-                    or time.monotonic() < self._next_connect_at
-                ):
-                    return
-                self._opening += 1
-            try:
-                conn = self._connect()
-            except Exception:
-                return
-            with self._lock:
-                self._give_back(conn)
 
     # -- processes -------------------------------------------------------
 
@@ -722,6 +778,8 @@ class ConnectionPool(ThreadedConnectionPool):
         never closed: closing them would end the parent's sessions (and psycopg2
         does not close a connection of another process when it is freed)."""
         self._lock = threading.Lock()
+        # Another thread of the parent may have held it at the fork.
+        self._dsn_lock = threading.Lock()
         self._pid = os.getpid()
         self._pool = []
         self._used = {}
@@ -759,7 +817,6 @@ class ConnectionPool(ThreadedConnectionPool):
         return len(self._slots) + self._opening
 
 
-_CONNECT = object()
 _fork_lock = threading.Lock()
 
 
@@ -787,46 +844,6 @@ def _housekeep(
         del pool
         wake.wait(interval)
         wake.clear()
-
-
-def _session_of(conn: connection) -> tuple[Any, ...]:
-    return (conn.autocommit, conn.isolation_level, conn.readonly, conn.deferrable)
-
-
-def _restore_session(conn: connection, session: tuple[Any, ...]) -> None:
-    # These are client-side settings in psycopg2: restoring them costs no round trip.
-    autocommit, isolation_level, readonly, deferrable = session
-    conn.autocommit = False
-    conn.set_session(isolation_level=isolation_level, readonly=readonly, deferrable=deferrable)
-    conn.autocommit = autocommit
-
-
-def _close_quietly(conn: connection) -> None:
-    try:
-        if not conn.closed:
-            if conn.info.transaction_status in (TRANSACTION_STATUS_INTRANS, TRANSACTION_STATUS_INERROR):
-                # PgBouncer drops a server connection closed mid-transaction.
-                conn.rollback()
-            conn.close()
-    except Exception:
-        pass
-
-
-# libpq treats a connect_timeout of 1 as 2 seconds.
-_MIN_CONNECT_TIMEOUT = 2
-
-
-def _bounded_connect_timeout(dsn: str, kwargs: dict[str, Any], remaining: float) -> dict[str, Any]:
-    """``kwargs`` with a connect_timeout no longer than ``remaining`` seconds allow."""
-    bound = max(_MIN_CONNECT_TIMEOUT, math.ceil(remaining))
-    current = kwargs.get("connect_timeout", dsnlib.parse(dsn).get("connect_timeout"))
-    try:
-        seconds = int(current) if current is not None else 0
-    except (TypeError, ValueError):
-        return kwargs  # libpq will say what is wrong with it
-    if 0 < seconds <= bound:
-        return kwargs
-    return {**kwargs, "connect_timeout": bound}
 
 
 def _check_sizes(minconn: int, maxconn: int) -> None:

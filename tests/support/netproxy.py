@@ -135,6 +135,10 @@ class TcpProxy:
         self._conns: set[_Conn] = set()
         #: Number of client connections accepted so far (in any mode).
         self.accepted = 0
+        #: Bytes read from clients (towards the server) and from the server
+        #: (towards clients), in any mode: they tell whether a round trip happened.
+        self.bytes_up = 0
+        self.bytes_down = 0
 
         self._listener = socket.create_server((listen_host, listen_port), backlog=128)
         self._listener.setblocking(False)
@@ -412,6 +416,10 @@ class TcpProxy:
             if events & selectors.EVENT_READ:
                 data = sock.recv(_CHUNK)
                 if data:
+                    if side == "client":
+                        self.bytes_up += len(data)
+                    else:
+                        self.bytes_down += len(data)
                     src_pipe.queue.append((time.monotonic() + delay, data))
                     src_pipe.buffered += len(data)
                 else:

@@ -185,6 +185,9 @@ class PgCluster:
         self._socket_dir = socket_dir if socket_dir is not None else _make_socket_dir()
         self._bin_dir = bin_dir if bin_dir is not None else POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION]
         self._destroyed = False
+        # Set by create() when the data lives in a private directory (see there).
+        self._private_root: Path | None = None
+        self._link: Path | None = None
         # uid/gid to run the binaries as (None: as ourselves).
         self._run_as: tuple[int, int] | None = None
         if os.geteuid() == 0:
@@ -205,7 +208,19 @@ class PgCluster:
         """
         base_dir = Path(base_dir)
         base_dir.mkdir(parents=True, exist_ok=True)
-        cluster = cls(base_dir / "pgdata", port=port)
+        data_dir = base_dir / "pgdata"
+        private_root: Path | None = None
+        if os.geteuid() == 0 and not data_dir.exists():
+            # The server's user must traverse every ancestor of its data
+            # directory, but other pytest processes reset /tmp/pytest-of-root to
+            # 0700 whenever they start: keep the data in a private directory
+            # directly under /tmp and leave a symlink where it was asked for.
+            private_root = Path(tempfile.mkdtemp(prefix="pgcluster-", dir="/tmp"))
+            data_dir.symlink_to(private_root / "pgdata", target_is_directory=True)
+            data_dir = private_root / "pgdata"
+        cluster = cls(data_dir, port=port)
+        cluster._private_root = private_root
+        cluster._link = base_dir / "pgdata" if private_root is not None else None
         try:
             cluster.init()
             if start:
@@ -381,6 +396,11 @@ class PgCluster:
         except (PgClusterError, OSError):
             self._kill_postmaster()
         shutil.rmtree(self._data_dir, ignore_errors=True)
+        if self._private_root is not None:
+            shutil.rmtree(self._private_root, ignore_errors=True)
+        if self._link is not None:
+            with contextlib.suppress(OSError):
+                self._link.unlink()
         if self._owns_socket_dir:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
 
@@ -445,6 +465,10 @@ class PgCluster:
         groups: list[int] | None = None
         if self._run_as is not None:
             (uid, gid), groups = self._run_as, []  # drop root's supplementary groups
+            # Another pytest process may have reset /tmp/pytest-of-<user> to 0700
+            # since the last command (pytest does so for its base directory).
+            if self._data_dir.exists():
+                _grant_traverse(self._data_dir)
         with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
             try:
                 proc = subprocess.run(
