@@ -5,12 +5,14 @@ from __future__ import annotations
 import atexit
 import logging
 import threading
+import types
 import weakref
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, current_app, g, has_app_context
+from flask import Flask, Response, current_app, g, has_app_context
 from flask.typing import ResponseReturnValue
 from psycopg2.extensions import connection
 from werkzeug.exceptions import ServiceUnavailable
@@ -26,6 +28,8 @@ _log = logging.getLogger("flask_pgpool")
 
 # Connections checked out in the current app context: {bind: (pool, connection)}.
 _G_KEY = "_flask_pgpool_connections"
+# Set on g when a streamed response holds those connections until it ends.
+_G_HELD = "_flask_pgpool_held_by_response"
 _EMBEDDED_DIR = "pgdata"
 
 
@@ -66,6 +70,7 @@ class PgPool:
         pools = {name: _make_pool(app, name, s) for name, s in settings.items()}
         self._states[app] = _AppState(pools=pools, settings=settings)
         app.extensions["pgpool"] = self
+        app.after_request(_hold_for_streamed_response)
         app.teardown_appcontext(_teardown)
         # The app's own handler, registered before or after us, takes precedence.
         if PgPoolError not in app.error_handler_spec[None][None]:
@@ -202,15 +207,65 @@ def _teardown(exc: BaseException | None) -> None:
     ``exc`` is not looked at: it is None after ``abort()`` or a handled error,
     so it cannot decide anything. Uncommitted work is always rolled back.
     """
-    checked_out = g.pop(_G_KEY, None)
+    if g.get(_G_HELD):
+        return  # a streamed response gives them back when it ends
+    _give_back(g.pop(_G_KEY, None))
+
+
+def _give_back(checked_out: dict[str, tuple[ConnectionPool, connection]] | None) -> None:
+    """Return every connection of ``checked_out`` to its pool, and empty it. Never raises."""
     if not checked_out:
         return
-    for bind, (pool, conn) in checked_out.items():
+    items = list(checked_out.items())
+    checked_out.clear()
+    for bind, (pool, conn) in items:
         try:
             pool.putconn(conn)
         except Exception:
             # A raising teardown would stop Flask < 3.2 from running the others.
             _log.exception("flask-pgpool: could not return the %r connection", bind)
+
+
+def _hold_for_streamed_response(response: Response) -> Response:
+    """Keep the request's connections until a streamed response has been sent.
+
+    Flask 3.1.2+ ends the app context when the view returns, before the body
+    is streamed; giving the connection back then would roll back the view's
+    work and let another request use it while the stream still does.
+    """
+    checked_out = g.get(_G_KEY)
+    # Only a generator body can run view code after the view returned; other
+    # streamed bodies (error pages, files) need no connection.
+    if checked_out and isinstance(response.response, types.GeneratorType):
+        setattr(g, _G_HELD, True)
+        response.response = _ReleaseWhenSent(response.response, checked_out)
+    return response
+
+
+class _ReleaseWhenSent:
+    """A response body that gives the connections back once it is sent or closed.
+
+    The WSGI server closes the body even when the client hangs up, and the
+    test client exhausts it, so one of the two always happens.
+    """
+
+    def __init__(self, body: Iterable[Any], checked_out: dict[str, tuple[ConnectionPool, connection]]) -> None:
+        self._body = body
+        self._checked_out = checked_out
+
+    def __iter__(self) -> Iterator[Any]:
+        try:
+            yield from self._body
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            _give_back(self._checked_out)
 
 
 def _service_unavailable(error: PgPoolError) -> ResponseReturnValue:

@@ -20,7 +20,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from importlib.metadata import version
 
 import psycopg2
 import pytest
@@ -355,16 +354,6 @@ def test_client_hanging_up_mid_stream_rolls_back_and_frees_the_slot(
     assert pool.get_stats()["returns_bad"] == 0
 
 
-_FLASK = tuple(int(part) for part in version("flask").split(".")[:3] if part.isdigit())
-
-
-@pytest.mark.xfail(
-    _FLASK >= (3, 1, 2),
-    strict=True,
-    reason="Flask >= 3.1.2 ends the app context when the view returns and pushes it again "
-    "for the stream: the view's connection goes back to the pool (rolled back) before the "
-    "stream starts, and the stream checks out another",
-)
 def test_stream_sees_the_views_uncommitted_work(
     make_app: Callable[..., Flask], table: str, pg_dsn: str, app_name: str
 ) -> None:
