@@ -54,7 +54,10 @@ def test_each_bind_has_its_own_pool_and_stats(make_app: Callable[..., Flask], pg
     def pids() -> Any:
         primary, replica = get_db(), get_db("replica")
         assert get_db("replica") is replica and get_db() is primary  # one per bind per request
-        return jsonify([one(primary, "SELECT pg_backend_pid()"), one(replica, "SELECT pg_backend_pid()")])
+        one(primary, "SELECT 1")
+        one(replica, "SELECT 1")
+        # The client connection's identity (the server's pid, or PgBouncer's stand-in for it).
+        return jsonify([primary.info.backend_pid, replica.info.backend_pid])
 
     client = app.test_client()
     primary_pid, replica_pid = client.get("/pids").get_json()
