@@ -48,6 +48,20 @@ if os.environ.get("TEST_TOUCH_DB_AT_IMPORT"):
                 f.write(str(cur.fetchone()[0]))
 
 
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
+
+    from flask_pgpool.metrics import PgPoolMetrics
+
+    PgPoolMetrics(app)
+
+    @app.get("/metrics")
+    def metrics():
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), 200, {"Content-Type": CONTENT_TYPE_LATEST}
+
+
 @app.get("/pid")
 def pid():
     with get_db().cursor() as cur:
@@ -81,7 +95,7 @@ def gunicorn(pg_server_dsn: str, app_name: str, tmp_path: Path) -> Iterator[Call
     """Start ``gunicorn --preload -k gthread -w 2 --threads 2`` on the app module."""
     procs: list[subprocess.Popen[bytes]] = []
 
-    def start(**env: str) -> tuple[subprocess.Popen[bytes], str]:
+    def start(*options: str, **env: str) -> tuple[subprocess.Popen[bytes], str]:
         (tmp_path / "wsgiapp.py").write_text(textwrap.dedent(APP_MODULE))
         port = _free_port()
         environ = {
@@ -94,7 +108,7 @@ def gunicorn(pg_server_dsn: str, app_name: str, tmp_path: Path) -> Iterator[Call
             sys.executable, "-m", "gunicorn", "--preload", "--worker-class", "gthread",
             "--workers", "2", "--threads", "2", "--bind", f"127.0.0.1:{port}",
             "--pythonpath", str(tmp_path), "--graceful-timeout", "10", "--log-level", "warning",
-            "wsgiapp:app",
+            *options, "wsgiapp:app",
         ]  # fmt: skip
         proc = subprocess.Popen(cmd, env=environ, cwd=tmp_path)
         procs.append(proc)
@@ -167,3 +181,54 @@ def test_a_master_that_used_the_database_shares_nothing_with_its_workers(
     assert (master_backend, "idle") in server_sessions()
     _stop(proc)
     assert _eventually_empty(server_sessions) == []
+
+
+GUNICORN_CONF = """
+from prometheus_client import multiprocess
+
+
+def child_exit(server, worker):
+    multiprocess.mark_process_dead(worker.pid)
+"""
+
+
+def _scrape(base: str) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(base + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            totals[s.name] = totals.get(s.name, 0.0) + s.value
+    return totals
+
+
+def test_metrics_in_multiprocess_mode_add_up_the_workers(
+    gunicorn: Callable[..., Any], tmp_path: Path
+) -> None:
+    pytest.importorskip("prometheus_client", reason="the 'prometheus' extra is not installed")
+    prom_dir = tmp_path / "prometheus"
+    prom_dir.mkdir()
+    conf = tmp_path / "gunicorn.conf.py"
+    conf.write_text(GUNICORN_CONF)
+    proc, base = gunicorn("--config", str(conf), PROMETHEUS_MULTIPROC_DIR=str(prom_dir))
+    seen = _serve_until_both_workers_answer(base)
+    assert len(seen) == 2, seen
+    totals = _scrape(base)
+    # Both workers report; the --preload master, which never queried, does not.
+    assert totals["flask_pgpool_connections_max"] == 4
+    assert totals["flask_pgpool_connections"] == len(set().union(*seen.values()))
+    assert totals["flask_pgpool_checkout_wait_seconds_count"] >= 8
+
+    # A worker dies; gunicorn's child_exit hook drops its gauges; its replacement has not queried yet.
+    gone = next(iter(seen))
+    os.kill(gone, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and _scrape(base)["flask_pgpool_connections_max"] != 2:
+        time.sleep(0.2)
+    totals = _scrape(base)
+    assert totals["flask_pgpool_connections_max"] == 2
+    survivor = next(pid for pid in seen if pid != gone)
+    assert totals["flask_pgpool_connections"] == len(seen[survivor])
+    _stop(proc)
