@@ -122,6 +122,6 @@ def _format(name: str, status: dict[str, Any]) -> str:
         # Sizing: every process (gunicorn worker) of the app may open up to max.
         lines.append(
             f"  capacity    up to {status['max']} connections per process; server max_connections "
-            f"{status['server_max_connections']}, {status['server_sessions']} client sessions open now"
+            f"{status['server_max_connections']}, client sessions open {status['server_sessions']}"
         )
     return "\n".join(lines)
