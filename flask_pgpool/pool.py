@@ -249,6 +249,7 @@ class ConnectionPool(ThreadedConnectionPool):
                     self._forget(conn)
             if not keep:
                 _close_quietly(conn)
+        self._notify("return", time.monotonic() - slot.checked_out)
 
     def closeall(self) -> None:
         """Close the pool: idle connections now, connections in use when returned.
@@ -340,8 +341,9 @@ class ConnectionPool(ThreadedConnectionPool):
 
         Events: ``"checkout"`` (seconds the checkout waited), ``"timeout"`` and
         ``"rejected"`` (a checkout failed with :class:`PoolTimeout` or
-        :class:`TooManyRequests`; seconds waited), ``"connect"`` and
-        ``"connect_error"`` (seconds the attempt took). The callback runs in
+        :class:`TooManyRequests`; seconds waited), ``"return"`` (seconds the
+        connection was checked out), ``"connect"`` and ``"connect_error"``
+        (seconds the attempt took). The callback runs in
         the thread of the event and must be quick; its exceptions are logged
         and ignored. Observers stay with the pool in a forked child.
         """

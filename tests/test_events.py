@@ -176,10 +176,11 @@ def test_observers_see_checkouts_connects_and_failures(make_pool: Callable[..., 
     pool.putconn(conn)
     pool.putconn(pool.getconn())
     names = [e for e, _ in events]
-    assert names == ["connect", "checkout", "timeout", "checkout"]
+    assert names == ["connect", "checkout", "timeout", "return", "checkout", "return"]
     waited = dict(reversed(events))  # the first of each
     assert waited["timeout"] >= 0.2
     assert 0 <= waited["checkout"] < 5
+    assert waited["return"] >= 0.2  # held while the other checkout timed out
     assert logs(logging.ERROR, "observer")  # the broken observer was reported
 
 
