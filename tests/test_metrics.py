@@ -47,7 +47,12 @@ def add_metrics_view(app: Flask, registry: CollectorRegistry | None = None) -> N
 def test_pool_state_is_read_at_scrape_time(
     make_app: Callable[..., Flask], pg_dsn: str, server_sessions: Callable[..., list[Any]]
 ) -> None:
-    app = make_app(PGPOOL_MAXCONN=3, PGPOOL_BINDS={"replica": {"dsn": pg_dsn, "maxconn": 2, "read_only": True}})
+    # minconn 0: no background refill, so the counts are exactly what the test opened.
+    app = make_app(
+        PGPOOL_MINCONN=0,
+        PGPOOL_MAXCONN=3,
+        PGPOOL_BINDS={"replica": {"dsn": pg_dsn, "minconn": 0, "maxconn": 2, "read_only": True}},
+    )
     registry = CollectorRegistry()
     PgPoolMetrics(app, registry=registry)
     labels = {"app": app.name, "pool": "default"}
@@ -95,7 +100,7 @@ def test_timeouts_waits_and_connection_errors_are_counted(make_app: Callable[...
 
 
 def test_the_metrics_view_serves_the_text_format(make_app: Callable[..., Flask]) -> None:
-    app = make_app()
+    app = make_app(PGPOOL_MINCONN=0)
     registry = CollectorRegistry()
     PgPoolMetrics(app, registry=registry)
     add_metrics_view(app, registry)
@@ -134,6 +139,7 @@ dsn, app_name, maxconn, hold, idle, timeouts, waiters = sys.argv[1:]
 app = Flask("mp_app")
 app.config.update(
     PGPOOL_DSN=dsn,
+    PGPOOL_MINCONN=0,
     PGPOOL_MAXCONN=int(maxconn),
     PGPOOL_TIMEOUT=0.2,
     PGPOOL_CONNECT_ARGS={"application_name": app_name},
