@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import os
+import sys
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -253,4 +254,21 @@ def _warn_unknown_keys(config: Mapping[str, Any]) -> None:
         if isinstance(key, str) and key.startswith(PREFIX) and key not in KNOWN_KEYS:
             hint = difflib.get_close_matches(key, sorted(KNOWN_KEYS), n=1, cutoff=0.5)
             did_you_mean = f"; did you mean {hint[0]}?" if hint else ""
-            warnings.warn(f"unknown config key {key}{did_you_mean}", PgPoolConfigWarning, stacklevel=4)
+            warnings.warn(
+                f"unknown config key {key}{did_you_mean}", PgPoolConfigWarning, stacklevel=_caller_stacklevel()
+            )
+
+
+def _caller_stacklevel() -> int:
+    """The warnings stacklevel of the first caller outside this package.
+
+    ``PgPool(app)`` and ``pgpool.init_app(app)`` reach here through different
+    depths; the warning must point at the user's line either way.
+    """
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame = sys._getframe(1)  # the function that calls warnings.warn: stacklevel 1
+    level = 1
+    while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == package:
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    return level

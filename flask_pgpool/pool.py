@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import math
 import os
 import random
 import threading
@@ -418,7 +419,7 @@ class ConnectionPool(ThreadedConnectionPool):
             waiter = None
             if grant is _CONNECT:
                 try:
-                    conn = self._connect()
+                    conn = self._connect(deadline)
                 except psycopg2.Error as exc:
                     connect_error = dsnlib.redact(str(exc).strip(), self._secrets)
                     continue
@@ -531,12 +532,18 @@ class ConnectionPool(ThreadedConnectionPool):
 
     # -- connecting ------------------------------------------------------
 
-    def _connect(self) -> connection:
-        """Open a connection into a slot reserved by ``_opening``; outside the lock."""
+    def _connect(self, deadline: float | None = None) -> connection:
+        """Open a connection into a slot reserved by ``_opening``; outside the lock.
+
+        With a ``deadline`` (a checkout's), the connect gives up by then, within
+        libpq's granularity, rather than after the full connect_timeout.
+        """
         started = time.monotonic()
         conn = None
         try:
             dsn, kwargs = self._connect_params()
+            if deadline is not None:
+                kwargs = _bounded_connect_timeout(dsn, kwargs, deadline - started)
             conn = cast(connection, psycopg2.connect(dsn, **kwargs))
             if self.read_only:
                 conn.set_session(readonly=True)
@@ -837,6 +844,23 @@ def _close_quietly(conn: connection) -> None:
             conn.close()
     except Exception:
         pass
+
+
+# libpq treats a connect_timeout of 1 as 2 seconds.
+_MIN_CONNECT_TIMEOUT = 2
+
+
+def _bounded_connect_timeout(dsn: str, kwargs: dict[str, Any], remaining: float) -> dict[str, Any]:
+    """``kwargs`` with a connect_timeout no longer than ``remaining`` seconds allow."""
+    bound = max(_MIN_CONNECT_TIMEOUT, math.ceil(remaining))
+    current = kwargs.get("connect_timeout", dsnlib.parse(dsn).get("connect_timeout"))
+    try:
+        seconds = int(current) if current is not None else 0
+    except (TypeError, ValueError):
+        return kwargs  # libpq will say what is wrong with it
+    if 0 < seconds <= bound:
+        return kwargs
+    return {**kwargs, "connect_timeout": bound}
 
 
 def _check_sizes(minconn: int, maxconn: int) -> None:
