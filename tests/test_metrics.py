@@ -236,3 +236,15 @@ def test_multiprocess_gauges_follow_waiting_checkouts(worker: Callable[..., Any]
             break
         time.sleep(0.1)
     assert waiting == 2
+
+
+def test_one_metrics_object_serves_every_app_of_a_factory(make_app: Callable[..., Flask]) -> None:
+    registry = CollectorRegistry()
+    metrics = PgPoolMetrics(registry=registry)  # module level, in an app factory project
+    first, second = make_app(PGPOOL_MAXCONN=2), make_app(PGPOOL_MAXCONN=5)
+    metrics.init_app(first)
+    metrics.init_app(second)
+    assert sample(registry, "flask_pgpool_connections_max", app=first.name, pool="default") == 2
+    assert sample(registry, "flask_pgpool_connections_max", app=second.name, pool="default") == 5
+    with pytest.raises(RuntimeError, match="PgPool"):
+        metrics.init_app(Flask("no_pgpool_here"))
