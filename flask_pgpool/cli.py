@@ -12,6 +12,7 @@ from typing import Any
 import click
 from flask import current_app
 from flask.cli import with_appcontext
+from psycopg2.extensions import connection
 
 from .extension import PgPool
 from .health import ping
@@ -79,6 +80,8 @@ def _pool_status(pool: ConnectionPool, timeout: float) -> dict[str, Any]:
         "reachable": False,
         "server_version": None,
         "round_trip_ms": None,
+        "server_max_connections": None,
+        "server_sessions": None,
         "error": None,
     }
     try:
@@ -90,6 +93,7 @@ def _pool_status(pool: ConnectionPool, timeout: float) -> dict[str, Any]:
             status["round_trip_ms"] = round((time.monotonic() - started) * 1000, 1)
             status["server_version"] = _version(conn.server_version)
             status["reachable"] = True
+            _server_capacity(conn, status)
         finally:
             pool.putconn(conn)
     except Exception as exc:  # one line for the user, whatever went wrong
@@ -103,6 +107,23 @@ def _pool_status(pool: ConnectionPool, timeout: float) -> dict[str, Any]:
     status["waiting"] = stats["requests_waiting"]
     status["stats"] = stats
     return status
+
+
+def _server_capacity(conn: connection, status: dict[str, Any]) -> None:
+    """The server's connection limit and use, for sizing; best effort (after the ping)."""
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT current_setting('max_connections')::int,"
+                " (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')"
+            )
+            row = cur.fetchone()
+        if row is not None:
+            status["server_max_connections"], status["server_sessions"] = int(row[0]), int(row[1])
+    except Exception:  # a restricted role or a proxy's console: not worth failing the status
+        pass
+    finally:
+        conn.rollback()
 
 
 def _version(number: int) -> str:
@@ -122,4 +143,10 @@ def _format(name: str, status: dict[str, Any]) -> str:
         f"{status['in_use']} in use, {status['idle']} idle, {status['waiting']} waiting",
         "  stats       " + " ".join(f"{k}={v}" for k, v in status["stats"].items() if not k.startswith("pool_")),
     ]
+    if status["server_max_connections"] is not None:
+        # Sizing: every process (gunicorn worker) of the app may open up to max.
+        lines.append(
+            f"  capacity    up to {status['max']} connections per process; server max_connections "
+            f"{status['server_max_connections']}, client sessions open {status['server_sessions']}"
+        )
     return "\n".join(lines)

@@ -154,6 +154,8 @@ class ConnectionPool(ThreadedConnectionPool):
         self._connect_args = dict(connect_args or {})
         self._connect_timeout = connect_timeout
         self._secrets: list[str] = []
+        # Kept across fork: an observer (e.g. metrics) follows the pool into workers.
+        self._observers: list[Callable[[str, float], None]] = []
         self._connect_kwargs: dict[str, Any] | None = None
         if self._dsn is not None:
             self._secrets = dsnlib.secrets_of(self._dsn, self._connect_args)
@@ -176,7 +178,16 @@ class ConnectionPool(ThreadedConnectionPool):
                 conn: connection = self._used[key]
                 return conn
             self._stats["requests_num"] += 1
-        conn = self._acquire(time.monotonic(), self.timeout if timeout is None else timeout, key)
+        started = time.monotonic()
+        try:
+            conn = self._acquire(started, self.timeout if timeout is None else timeout, key)
+        except (PoolTimeout, TooManyRequests) as exc:
+            waited = time.monotonic() - started
+            # The caller gets the exception (Flask: a 503, logged there); INFO keeps a trace here.
+            _log.info("%s (after waiting %.3f s)", exc, waited)
+            self._notify("timeout" if isinstance(exc, PoolTimeout) else "rejected", waited)
+            raise
+        self._notify("checkout", time.monotonic() - started)
         with self._lock:
             # Started only once this connection counts towards minconn:
             # started earlier, its first refill races the checkout and opens
@@ -222,6 +233,7 @@ class ConnectionPool(ThreadedConnectionPool):
                     self._forget(conn)
             if not keep:
                 self._close(conn)
+        self._notify("return", time.monotonic() - slot.checked_out)
 
     def closeall(self) -> None:
         """Close the pool: idle connections now, connections in use when returned.
@@ -318,6 +330,26 @@ class ConnectionPool(ThreadedConnectionPool):
             for key in _COUNTERS:
                 self._stats[key] = 0
         return stats
+
+    def add_observer(self, callback: Callable[[str, float], None]) -> None:
+        """Call ``callback(event, seconds)`` on pool events, outside the pool's lock.
+
+        Events: ``"checkout"`` (seconds the checkout waited), ``"timeout"`` and
+        ``"rejected"`` (a checkout failed with :class:`PoolTimeout` or
+        :class:`TooManyRequests`; seconds waited), ``"return"`` (seconds the
+        connection was checked out), ``"connect"`` and ``"connect_error"``
+        (seconds the attempt took). The callback runs in the thread of the
+        event and must be quick; its exceptions are logged and ignored.
+        Observers stay with the pool in a forked child.
+        """
+        self._observers = [*self._observers, callback]  # copied: _notify needs no lock
+
+    def _notify(self, event: str, seconds: float) -> None:
+        for callback in self._observers:
+            try:
+                callback(event, seconds)
+            except Exception:
+                _log.exception("pool %r: observer %r failed on %r", self.name, callback, event)
 
     def redact(self, text: str) -> str:
         """``text`` with this pool's password masked: use it on anything you show."""
@@ -591,6 +623,8 @@ class ConnectionPool(ThreadedConnectionPool):
                 self._slots[id(conn)] = slot
                 self._give_back(conn)
                 spawn = self._grow()
+        _log.debug("pool %r: opened a connection in %.0f ms", self.name, (now - started) * 1000)
+        self._notify("connect", now - started)
         if stale:
             self._close(conn)
             return
@@ -630,6 +664,7 @@ class ConnectionPool(ThreadedConnectionPool):
             self._wake_next_waiter()
         log = _log.warning if first else _log.debug
         log("pool %r: cannot connect (retrying with backoff): %s", self.name, message)
+        self._notify("connect_error", time.monotonic() - started)
 
     def _connect_params(self) -> tuple[str, dict[str, Any]]:
         """The DSN (resolved on first use) and the arguments for psycopg2.connect."""
@@ -762,6 +797,8 @@ class ConnectionPool(ThreadedConnectionPool):
         self._spawn(spawn)
         for conn in closing:
             self._close(conn)
+        if closing:
+            _log.debug("pool %r: closed %d idle or expired connection(s)", self.name, len(closing))
         for slot in leaks:
             _log.warning(
                 "pool %r: a connection has been checked out for %.1f s (leak_timeout, "

