@@ -43,8 +43,7 @@ _SAVEPOINT = "flask_pgpool_test"
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini(
         DSN_INI,
-        f"DSN of the PostgreSQL server for the pgpool_dsn fixture ({DSN_ENV} wins; "
-        "unset: a throwaway embedded server)",
+        f"DSN of the PostgreSQL server for the pgpool_dsn fixture ({DSN_ENV} wins; unset: a throwaway embedded server)",
         default="",
     )
 
