@@ -82,7 +82,9 @@ def start_embedded(data_dir: str | Path) -> str:
         server = _servers.get(path)
         if server is None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            _announce(f"flask-pgpool: starting the embedded PostgreSQL server; its data is in {path}")
+            running = (path / "postmaster.pid").exists()
+            verb = "using the running" if running else "starting the"
+            _announce(f"flask-pgpool: {verb} embedded PostgreSQL server; its data is in {path}")
             with module.PostgresServer._lock:
                 _forget_dead_processes(path)
             server = module.get_server(path, cleanup_mode="stop")
