@@ -1,4 +1,4 @@
-"""The example app's embedded default: its own PostgreSQL server in the instance folder."""
+"""The example app's database settings: the embedded default, a DSN given instead, and its secrets."""
 
 from __future__ import annotations
 
@@ -17,9 +17,11 @@ from click.testing import CliRunner
 from flask import Flask
 from flask.cli import FlaskGroup
 from flask.testing import FlaskClient
+from psycopg2.extensions import make_dsn
 
 from example_app import create_app, pgpool
 from flask_pgpool.embedded import MissingExtra, start_embedded, stop_embedded
+from flask_pgpool.testing import rolled_back
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -111,6 +113,19 @@ def test_a_dsn_in_the_environment_starts_nothing(
         with app.app_context():
             assert app.test_cli_runner().invoke(args=["pgpool-status"]).exit_code == 0
         assert not (instance / "pgdata").exists()
+    finally:
+        pgpool.close(app)
+
+
+def test_password_is_never_shown(pgpool_dsn: str) -> None:
+    # The test server trusts local connections, so any password gets in.
+    app = create_app({"TESTING": True, "PGPOOL_DSN": make_dsn(pgpool_dsn, password="s3cret-pw")})
+    try:
+        with rolled_back(app):
+            client = app.test_client()
+            shown = [client.get("/pool").text, client.get("/api/pool").text]
+            shown.append(app.test_cli_runner().invoke(args=["init-db"]).output)
+        assert all("***" in text and "s3cret-pw" not in text for text in shown)
     finally:
         pgpool.close(app)
 
