@@ -18,7 +18,7 @@ from psycopg2.extensions import connection
 from werkzeug.exceptions import ServiceUnavailable
 
 from .config import DEFAULT_BIND, PoolSettings, check_options, read_settings
-from .embedded import start_embedded
+from .embedded import embedded_dsn
 from .errors import PgPoolError
 from .pool import ConnectionPool
 
@@ -179,9 +179,8 @@ def _make_pool(app: Flask, name: str, settings: PoolSettings) -> ConnectionPool:
     dsn: Any = settings.dsn
     if dsn is None:
         # Embedded: started on the first checkout, so that `flask routes` or a
-        # gunicorn --preload master start nothing.
-        data_dir = Path(app.instance_path) / _EMBEDDED_DIR
-        dsn = lambda: start_embedded(data_dir)  # noqa: E731
+        # gunicorn --preload master start nothing; a missing extra fails here.
+        dsn = embedded_dsn(Path(app.instance_path) / _EMBEDDED_DIR)
     return ConnectionPool(
         settings.minconn,
         settings.maxconn,

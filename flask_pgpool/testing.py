@@ -1,0 +1,206 @@
+"""A pytest plugin for testing apps that use flask-pgpool.
+
+Installed with flask-pgpool and loaded by pytest as the ``pgpool`` plugin. It
+does nothing until a test asks for one of its fixtures:
+
+``pgpool_dsn`` (session)
+    The DSN of a PostgreSQL server for the tests: the ``PGPOOL_TEST_DSN``
+    environment variable, else the ``pgpool_test_dsn`` ini option, else a
+    throwaway server (the ``embedded`` extra) deleted at the end of the session.
+
+``pgpool_transaction``
+    Runs the test inside a transaction that is rolled back afterwards. Uses
+    your ``app`` fixture: during the test, every :func:`~flask_pgpool.get_db`
+    of that app returns one connection, whose ``commit()`` keeps the work for
+    the rest of the test only and whose ``rollback()`` undoes the work since
+    the last commit, as usual. Yields that connection.
+
+:func:`rolled_back` is the same, as a context manager, for use outside pytest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, cast
+
+import pytest
+
+if TYPE_CHECKING:
+    from flask import Flask
+    from psycopg2.extensions import connection
+
+    from .pool import ConnectionPool
+
+__all__ = ["RolledBackConnection", "pgpool_dsn", "pgpool_transaction", "rolled_back"]
+
+DSN_ENV = "PGPOOL_TEST_DSN"
+DSN_INI = "pgpool_test_dsn"
+_SAVEPOINT = "flask_pgpool_test"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addini(
+        DSN_INI,
+        f"DSN of the PostgreSQL server for the pgpool_dsn fixture ({DSN_ENV} wins; unset: a throwaway embedded server)",
+        default="",
+    )
+
+
+@pytest.fixture(scope="session")
+def pgpool_dsn(pytestconfig: pytest.Config) -> Iterator[str]:
+    """A PostgreSQL server for the test session (see the module's doc)."""
+    dsn = os.environ.get(DSN_ENV) or str(pytestconfig.getini(DSN_INI) or "")
+    if dsn:
+        yield dsn
+        return
+    from .embedded import throwaway_server
+
+    with throwaway_server(prefix="pgpool-pytest-") as dsn:
+        yield dsn
+
+
+@pytest.fixture
+def pgpool_transaction(app: Flask) -> Iterator[connection]:
+    """Every get_db() of ``app`` in this test shares one connection, rolled back at the end."""
+    with rolled_back(app) as conn:
+        yield conn
+
+
+class RolledBackConnection:
+    """Mixed into the psycopg2 connection that :func:`rolled_back` hands out.
+
+    The test's transaction stays open: ``commit()`` moves a savepoint forward
+    instead of committing, ``rollback()`` goes back to it, ``close()`` does
+    nothing, and ``with conn:`` does the same as on a plain connection.
+    """
+
+    def commit(self) -> None:
+        from psycopg2.extensions import TRANSACTION_STATUS_IDLE, TRANSACTION_STATUS_INERROR
+
+        status = self._conn.info.transaction_status
+        with self._conn.cursor() as cur:
+            if status == TRANSACTION_STATUS_IDLE:
+                # A raw COMMIT/ROLLBACK statement ended the test's transaction.
+                cur.execute(f"SAVEPOINT {_SAVEPOINT}")
+                return
+            if status == TRANSACTION_STATUS_INERROR:
+                # Like COMMIT on a failed transaction: its work is lost, no error.
+                cur.execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
+            cur.execute(f"RELEASE SAVEPOINT {_SAVEPOINT}; SAVEPOINT {_SAVEPOINT}")
+
+    def rollback(self) -> None:
+        from psycopg2.extensions import TRANSACTION_STATUS_IDLE
+
+        with self._conn.cursor() as cur:
+            if self._conn.info.transaction_status == TRANSACTION_STATUS_IDLE:
+                cur.execute(f"SAVEPOINT {_SAVEPOINT}")
+            else:
+                cur.execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
+
+    def close(self) -> None:
+        """The connection belongs to the test: closing it in a view does nothing."""
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.rollback()
+
+    @property
+    def _conn(self) -> connection:
+        return cast("connection", self)
+
+
+class _EndOfContext:
+    """Takes the place of the pool in get_db()'s bookkeeping.
+
+    When an app context ends, the extension gives the connection back; here
+    that undoes what was not committed, as the pool would, and keeps the
+    connection for the rest of the test.
+    """
+
+    def putconn(self, conn: connection, key: Any = None, close: bool = False) -> None:
+        if not conn.closed:
+            conn.rollback()
+
+
+@contextlib.contextmanager
+def rolled_back(app: Flask) -> Iterator[connection]:
+    """Within the block, ``app``'s get_db() returns connections whose work is rolled back at the end.
+
+    One connection per bind of ``PGPOOL_BINDS``, opened with the pool's
+    settings but outside the pool; the default bind's is yielded.
+    """
+    from flask import appcontext_pushed, current_app, g, has_app_context
+
+    from .extension import _G_KEY, PgPool
+
+    ext = app.extensions.get("pgpool")
+    if not isinstance(ext, PgPool):
+        raise RuntimeError("rolled_back(app): flask-pgpool is not set up on this app (PgPool(app) or init_app)")
+    end = _EndOfContext()
+    conns: dict[str, connection] = {}
+
+    def bookkeeping() -> dict[str, tuple[Any, connection]]:
+        return {bind: (end, conn) for bind, conn in conns.items()}
+
+    def on_push(sender: Flask, **_: Any) -> None:
+        setattr(g, _G_KEY, bookkeeping())
+
+    def ours_is_current() -> bool:
+        return has_app_context() and current_app._get_current_object() is app  # type: ignore[attr-defined]
+
+    try:
+        for bind, pool in ext.get_pools(app).items():
+            conns[bind] = _open(pool)
+        appcontext_pushed.connect(on_push, app)
+        if ours_is_current():
+            # An app context is already pushed (pytest-flask does it for each
+            # test): give back what it checked out, and use ours from now on.
+            for pool, conn in (g.pop(_G_KEY, None) or {}).values():
+                pool.putconn(conn)
+            setattr(g, _G_KEY, bookkeeping())
+        yield conns["default"]
+    finally:
+        appcontext_pushed.disconnect(on_push, app)
+        if ours_is_current():
+            checked_out = g.get(_G_KEY) or {}
+            if any(conn is conns.get(bind) for bind, (_, conn) in checked_out.items()):
+                g.pop(_G_KEY, None)
+        from psycopg2.extensions import connection as plain
+
+        for conn in conns.values():
+            with contextlib.suppress(Exception):
+                plain.rollback(conn)
+            plain.close(conn)
+
+
+def _open(pool: ConnectionPool) -> connection:
+    """A connection like the pool's, in the test's transaction."""
+    import psycopg2
+    from psycopg2.extensions import TRANSACTION_STATUS_IDLE
+    from psycopg2.extensions import connection as plain
+
+    dsn, kwargs = pool._connect_params()
+    kwargs = dict(kwargs)
+    base = kwargs.pop("connection_factory", None) or plain
+    factory = type(f"RolledBack[{base.__name__}]", (RolledBackConnection, base), {})
+    conn = cast("connection", psycopg2.connect(dsn, connection_factory=factory, **kwargs))
+    try:
+        if pool.read_only:
+            conn.set_session(readonly=True)
+        if pool.configure is not None:
+            pool.configure(conn)
+            if conn.info.transaction_status != TRANSACTION_STATUS_IDLE:
+                plain.rollback(conn)
+        with conn.cursor() as cur:
+            cur.execute(f"SAVEPOINT {_SAVEPOINT}")
+    except BaseException:
+        plain.close(conn)
+        raise
+    return conn
