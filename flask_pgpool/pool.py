@@ -608,6 +608,10 @@ class ConnectionPool(ThreadedConnectionPool):
         now = time.monotonic()
         jitter = 1.0 - random.uniform(0.0, _LIFETIME_JITTER)
         slot = Slot(conn=conn, expires=now + self.max_lifetime * jitter, last_used=now, session=session_of(conn))
+        # Before the connection is handed over, so observers see its connect
+        # before its checkout.
+        _log.debug("pool %r: opened a connection in %.0f ms", self.name, (now - started) * 1000)
+        self._notify("connect", now - started)
         with self._lock:
             self._opening -= 1
             self._stats["connections_num"] += 1
@@ -623,8 +627,6 @@ class ConnectionPool(ThreadedConnectionPool):
                 self._slots[id(conn)] = slot
                 self._give_back(conn)
                 spawn = self._grow()
-        _log.debug("pool %r: opened a connection in %.0f ms", self.name, (now - started) * 1000)
-        self._notify("connect", now - started)
         if stale:
             self._close(conn)
             return
