@@ -20,6 +20,7 @@ import psycopg2
 import pytest
 from flask import Flask
 from psycopg2.extensions import connection
+from support.pgcluster import PgCluster, private_cluster
 
 from flask_pgpool import PgPool
 
@@ -72,6 +73,21 @@ def pg_server_dsn() -> Iterator[str]:
         yield str(server.get_uri())
     finally:
         server.cleanup()
+
+
+@pytest.fixture(scope="module")
+def cluster(request: pytest.FixtureRequest) -> Iterator[PgCluster]:
+    """A private PostgreSQL for the test module, which its tests may stop, crash and restart."""
+    with private_cluster(request.module.__name__.rsplit(".", 1)[-1]) as pg:
+        yield pg
+
+
+@pytest.fixture
+def pg(cluster: PgCluster) -> Iterator[PgCluster]:
+    """The module's private cluster, running at the start of the test and again after it."""
+    cluster.start()
+    yield cluster
+    cluster.start()
 
 
 @pytest.fixture

@@ -22,7 +22,6 @@ from support.faults import (
     fault_app,
     hammer,
     pool_of,
-    private_cluster,
     recovers,
     request_within,
     wait_until,
@@ -31,12 +30,6 @@ from support.netproxy import TcpProxy
 from support.pgcluster import PgCluster
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[PgCluster]:
-    with private_cluster("fault-network") as pg:
-        yield pg
 
 
 @pytest.fixture

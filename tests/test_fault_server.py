@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 from support.faults import (
@@ -22,27 +21,12 @@ from support.faults import (
     fault_app,
     hammer,
     pool_of,
-    private_cluster,
     recovers,
     request_within,
 )
 from support.pgcluster import PgCluster
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[PgCluster]:
-    with private_cluster("fault-server") as pg:
-        yield pg
-
-
-@pytest.fixture
-def pg(cluster: PgCluster) -> Iterator[PgCluster]:
-    """The module's cluster, running at the start and again after the test."""
-    cluster.start()
-    yield cluster
-    cluster.start()
 
 
 @pytest.fixture

@@ -11,26 +11,13 @@ from concurrent.futures import ThreadPoolExecutor
 import psycopg2
 import pytest
 from support.pgcluster import PgCluster
-from support.poolkit import PoolFactory, private_cluster, query_one
+from support.poolkit import PoolFactory, query_one
 
 from flask_pgpool import PoolTimeout
 
 pytestmark = pytest.mark.slow
 
 SECRET = "not-a-real-password-7f3a"
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[PgCluster]:
-    with private_cluster() as pg_cluster:
-        yield pg_cluster
-
-
-@pytest.fixture
-def pg(cluster: PgCluster) -> Iterator[PgCluster]:
-    cluster.start()
-    yield cluster
-    cluster.start()
 
 
 @pytest.fixture

@@ -6,14 +6,10 @@ that meets a hang fails with a message instead of hanging the suite.
 
 from __future__ import annotations
 
-import contextlib
-import shutil
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import psycopg2
@@ -21,8 +17,6 @@ from flask import Flask
 from psycopg2.extensions import connection
 
 from flask_pgpool import ConnectionPool, PgPool, get_db
-
-from .pgcluster import PgCluster
 
 __all__ = [
     "LIMIT",
@@ -33,7 +27,6 @@ __all__ = [
     "fault_app",
     "hammer",
     "pool_of",
-    "private_cluster",
     "recovers",
     "request_within",
     "wait_until",
@@ -280,19 +273,3 @@ class Admin:
 
     def execute(self, sql: str, args: tuple[Any, ...] = ()) -> None:
         self.rows(sql, args)
-
-
-@contextlib.contextmanager
-def private_cluster(prefix: str) -> Iterator[PgCluster]:
-    """A PgCluster in its own directory directly under the system temp dir.
-
-    Not under pytest's ``tmp_path``: a concurrent pytest run resets
-    ``/tmp/pytest-of-<user>`` to mode 0700, which would lock the server's
-    unprivileged user out of its own data directory in the middle of a test.
-    """
-    base = Path(tempfile.mkdtemp(prefix=f"pgpool-{prefix}-"))
-    try:
-        with PgCluster.create(base) as pg:
-            yield pg
-    finally:
-        shutil.rmtree(base, ignore_errors=True)

@@ -34,6 +34,7 @@ import subprocess
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Literal
@@ -503,3 +504,19 @@ class PgCluster:
             return self.log_file.read_text(errors="replace")[-max_chars:]
         except OSError:
             return "(no log)"
+
+
+@contextlib.contextmanager
+def private_cluster(prefix: str = "cluster") -> Iterator[PgCluster]:
+    """A PgCluster in its own directory directly under the system temp dir.
+
+    Not under pytest's ``tmp_path``: a concurrent pytest run resets
+    ``/tmp/pytest-of-<user>`` to mode 0700, which would lock the server's
+    unprivileged user out of its own data directory in the middle of a test.
+    """
+    base = Path(tempfile.mkdtemp(prefix=f"pgpool-{prefix}-"))
+    try:
+        with PgCluster.create(base) as pg:
+            yield pg
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -3,14 +3,10 @@ pids, server-side kills, proxies in front of the test server, bounded waits."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -19,7 +15,6 @@ from psycopg2.extensions import connection, make_dsn, parse_dsn
 from flask_pgpool import ConnectionPool
 
 from .netproxy import TcpProxy
-from .pgcluster import PgCluster
 
 T = TypeVar("T")
 
@@ -137,18 +132,3 @@ def proxy(pg_dsn: str) -> Iterator[TcpProxy]:
     """A TcpProxy in front of the session's server (``via_proxy(pg_dsn, proxy)`` is its DSN)."""
     with TcpProxy(upstream_of(pg_dsn)) as tcp_proxy:
         yield tcp_proxy
-
-
-@contextlib.contextmanager
-def private_cluster() -> Iterator[PgCluster]:
-    """A PgCluster in its own directory under /tmp.
-
-    Not under pytest's base directory: other pytest processes on the machine
-    reset that one to mode 0700, which would lock the server's user out of it.
-    """
-    base = Path(tempfile.mkdtemp(prefix="pgpool-cluster-"))
-    try:
-        with PgCluster.create(base) as cluster:
-            yield cluster
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
