@@ -37,7 +37,9 @@ def admin(pg: PgCluster, app_name: str) -> Admin:
 def test_restart_next_request_gets_a_fresh_connection(pg: PgCluster, admin: Admin, app_name: str) -> None:
     app = fault_app(pg.dsn, app_name)
     pids_before = {int(o.body) for o in hammer(app, "/pid", threads=4, per_thread=3, limit=LIMIT)}
-    assert len(admin.sessions()) == len(pids_before) > 0
+    # A connection opened for a waiter that a returned one served first stays
+    # idle in the pool: the server may have more sessions than pids served.
+    assert pids_before and pids_before <= {pid for pid, _ in admin.sessions()}
 
     pg.restart()
 
