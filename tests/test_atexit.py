@@ -106,6 +106,7 @@ pool.putconn(held)
 """
 
 
+@pytest.mark.no_pgbouncer  # kills or configures the server session itself
 def test_forked_child_exit_leaves_the_parent_connections_working(tmp_path: Path, pg_dsn: str, app_name: str) -> None:
     (child, parent), stderr = run_script(tmp_path, FORK_A_WORKER, pg_dsn, app_name)
     assert child["who"] == "child"

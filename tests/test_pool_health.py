@@ -65,6 +65,7 @@ def test_connection_idle_longer_than_ping_after_is_pinged(
     pool.putconn(conn)
 
 
+@pytest.mark.no_pgbouncer  # kills or configures the server session itself
 def test_idle_connection_killed_by_the_server_is_replaced(
     make_pool: PoolFactory, admin: connection
 ) -> None:
@@ -83,6 +84,7 @@ def test_idle_connection_killed_by_the_server_is_replaced(
     assert conn.closed
 
 
+@pytest.mark.no_pgbouncer  # kills or configures the server session itself
 def test_idle_session_timeout_kills_are_detected(make_pool: PoolFactory, admin: connection) -> None:
     if admin.server_version < 140000:
         pytest.skip("idle_session_timeout needs PostgreSQL 14")
@@ -106,6 +108,7 @@ def test_idle_session_timeout_kills_are_detected(make_pool: PoolFactory, admin: 
     assert pool.get_stats()["connections_lost"] == 3
 
 
+@pytest.mark.no_pgbouncer  # kills or configures the server session itself
 def test_after_a_dead_connection_older_idle_ones_are_pinged(
     make_pool: PoolFactory, admin: connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -132,6 +135,7 @@ def test_after_a_dead_connection_older_idle_ones_are_pinged(
     assert pinged == [backend_pid(older)]
 
 
+@pytest.mark.no_pgbouncer  # kills or configures the server session itself
 def test_connection_killed_while_in_use_frees_its_slot(make_pool: PoolFactory, admin: connection) -> None:
     pool = make_pool(0, 1, timeout=2)
     conn = pool.getconn()
@@ -185,6 +189,7 @@ def test_lifetimes_have_jitter(make_pool: PoolFactory) -> None:
     assert max(lifetimes) - min(lifetimes) > 0.5, "connections opened together expire together"
 
 
+@pytest.mark.no_pgbouncer  # kills or configures the server session itself
 def test_health_check_off_skips_the_socket_check(make_pool: PoolFactory, admin: connection) -> None:
     """With health_check=False a dead idle connection is handed out (the user asked)."""
     pool = make_pool(0, 1, health_check=False)

@@ -65,6 +65,7 @@ def test_exception_escaping_putconn_still_frees_the_slot(make_pool: PoolFactory)
     _assert_free(pool)
 
 
+@pytest.mark.no_pgbouncer  # kills or configures the server session itself
 def test_connection_dead_on_return_inside_a_transaction(make_pool: PoolFactory, admin: connection) -> None:
     pool = make_pool(0, 1, timeout=2)
     conn = pool.getconn()

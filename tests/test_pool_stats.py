@@ -48,6 +48,7 @@ def test_no_leak_warning_by_default(make_pool: PoolFactory, caplog: pytest.LogCa
     assert not [r for r in caplog.records if "leak" in r.getMessage()]
 
 
+@pytest.mark.no_pgbouncer  # kills or configures the server session itself
 def test_every_stats_key_counts_truthfully(make_pool: PoolFactory, admin: connection) -> None:
     pool = make_pool(0, 2, timeout=0.3, max_waiting=1)
     stats = pool.get_stats()
@@ -121,6 +122,7 @@ def test_resize_up_serves_waiters_and_down_closes_surplus(make_pool: PoolFactory
     wait_until(lambda: pool.get_stats()["pool_available"] == 2, timeout=10, what="minconn refill")
 
 
+@pytest.mark.no_pgbouncer  # kills or configures the server session itself
 def test_check_replaces_dead_idle_connections(make_pool: PoolFactory, admin: connection) -> None:
     pool = make_pool(0, 3)
     conns = [pool.getconn() for _ in range(3)]

@@ -48,6 +48,7 @@ def schema(admin: connection) -> Iterator[str]:
         cur.execute(f"DROP SCHEMA {name} CASCADE")
 
 
+@pytest.mark.no_pgbouncer  # kills or configures the server session itself
 def test_quickstart_runs(pg_dsn: str, schema: str, admin: connection) -> None:
     code = first_python_block(section("Quickstart"))
     namespace: dict[str, Any] = {"__name__": "quickstart"}
