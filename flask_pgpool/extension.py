@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, current_app, g, has_app_context
+from flask.ctx import AppContext
+from flask.globals import _cv_app
 from flask.typing import ResponseReturnValue
 from psycopg2.extensions import connection
 from werkzeug.exceptions import ServiceUnavailable
@@ -88,13 +90,14 @@ class PgPool:
         back to the pool when the context ends. ``name`` picks a bind of
         ``PGPOOL_BINDS``.
         """
-        if not has_app_context():
-            raise RuntimeError(
-                "get_db() needs an application context: call it in a request, a CLI command, "
-                "or inside 'with app.app_context():'"
-            )
+        return self._get_db(_app_context(), name)
+
+    def _get_db(self, ctx: AppContext, name: str | None) -> connection:
+        # The context is read once and g's namespace used directly: Flask's
+        # proxies cost more than the pool's own checkout on this path.
         bind = name or DEFAULT_BIND
-        checked_out: dict[str, tuple[ConnectionPool, connection]] | None = g.get(_G_KEY)
+        namespace = ctx.g.__dict__
+        checked_out: dict[str, tuple[ConnectionPool, connection]] | None = namespace.get(_G_KEY)
         if checked_out is not None and bind in checked_out:
             pool, conn = checked_out[bind]
             if not conn.closed:
@@ -106,11 +109,10 @@ class PgPool:
             except Exception:
                 # Already given back by the view itself: nothing left to free.
                 _log.warning("flask-pgpool: the closed %r connection was not checked out any more", bind)
-        pool = self.get_pool(name)
+        pool = self.get_pool(name, ctx.app)
         conn = pool.getconn()
         if checked_out is None:
-            checked_out = {}
-            setattr(g, _G_KEY, checked_out)
+            checked_out = namespace[_G_KEY] = {}
         checked_out[bind] = (pool, conn)
         return conn
 
@@ -161,18 +163,24 @@ def get_db(name: str | None = None) -> connection:
 
     Works in any blueprint without importing the ``PgPool`` instance.
     """
-    if not has_app_context():
-        raise RuntimeError(
-            "get_db() needs an application context: call it in a request, a CLI command, "
-            "or inside 'with app.app_context():'"
-        )
-    ext = current_app.extensions.get("pgpool")
+    ctx = _app_context()
+    ext = ctx.app.extensions.get("pgpool")
     if not isinstance(ext, PgPool):
         raise RuntimeError(
             "flask-pgpool is not set up on this app: create PgPool(app) or call pgpool.init_app(app) "
             "in the app factory"
         )
-    return ext.get_db(name)
+    return ext._get_db(ctx, name)
+
+
+def _app_context() -> AppContext:
+    ctx = _cv_app.get(None)
+    if ctx is None:
+        raise RuntimeError(
+            "get_db() needs an application context: call it in a request, a CLI command, "
+            "or inside 'with app.app_context():'"
+        )
+    return ctx
 
 
 def _make_pool(app: Flask, name: str, settings: PoolSettings) -> ConnectionPool:
@@ -206,9 +214,13 @@ def _teardown(exc: BaseException | None) -> None:
     ``exc`` is not looked at: it is None after ``abort()`` or a handled error,
     so it cannot decide anything. Uncommitted work is always rolled back.
     """
-    if g.get(_G_HELD):
+    ctx = _cv_app.get(None)
+    if ctx is None:
+        return
+    namespace = ctx.g.__dict__
+    if namespace.get(_G_HELD):
         return  # a streamed response gives them back when it ends
-    _give_back(g.pop(_G_KEY, None))
+    _give_back(namespace.pop(_G_KEY, None))
 
 
 def _give_back(checked_out: dict[str, tuple[ConnectionPool, connection]] | None) -> None:

@@ -24,6 +24,8 @@ from collections.abc import Iterator
 from psycopg2.extensions import TRANSACTION_STATUS_IDLE, connection
 
 _PEEK_BYTES = 1
+# How late a watchdog may fire, in seconds: its timeouts are whole seconds.
+_GRANULARITY = 0.05
 _DEAD_EVENTS = select.POLLERR | select.POLLHUP | select.POLLNVAL
 
 
@@ -35,7 +37,7 @@ class SocketState(enum.Enum):
 
 def socket_state(conn: connection) -> SocketState:
     """Look at the connection's socket without reading from it or blocking."""
-    if conn.closed or conn.info.transaction_status != TRANSACTION_STATUS_IDLE:
+    if conn.closed or conn.get_transaction_status() != TRANSACTION_STATUS_IDLE:
         return SocketState.DEAD
     try:
         fd = conn.fileno()
@@ -170,15 +172,20 @@ class _Timers:
 
     def _run(self) -> None:
         while True:
+            due: list[Watchdog] = []
             with self._cond:
-                while True:
+                while not due:
                     now = time.monotonic()
-                    if self._heap and self._heap[0][0] <= now:
-                        watchdog = heapq.heappop(self._heap)[2]
-                        break
-                    self._cond.wait(self._heap[0][0] - now if self._heap else None)
-            watchdog.fire()
-            del watchdog
+                    while self._heap and self._heap[0][0] <= now:
+                        due.append(heapq.heappop(self._heap)[2])
+                    if not due:
+                        # Most watchdogs are disarmed long before they are due; waking
+                        # at most every _GRANULARITY seconds drops them in batches
+                        # instead of waking once per returned connection.
+                        self._cond.wait(max(self._heap[0][0] - now, _GRANULARITY) if self._heap else None)
+            for watchdog in due:
+                watchdog.fire()  # does nothing if disarmed
+            del due
 
 
 _timers = _Timers()

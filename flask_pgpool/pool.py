@@ -178,9 +178,15 @@ class ConnectionPool(ThreadedConnectionPool):
                 conn: connection = self._used[key]
                 return conn
             self._stats["requests_num"] += 1
+            # The common case, in one lock section: an idle connection, nobody waiting.
+            idle = self._pool.pop() if self._pool and not self._waiters else None
         started = time.monotonic()
+        limit = self.timeout if timeout is None else timeout
+        if idle is not None and self._take_idle(idle, started + limit, key):
+            self._notify("checkout", 0.0)
+            return idle
         try:
-            conn = self._acquire(started, self.timeout if timeout is None else timeout, key)
+            conn = self._acquire(started, limit, key)
         except (PoolTimeout, TooManyRequests) as exc:
             waited = time.monotonic() - started
             # The caller gets the exception (Flask: a 503, logged there); INFO keeps a trace here.
@@ -194,6 +200,28 @@ class ConnectionPool(ThreadedConnectionPool):
             # one connection too many.
             self._start_housekeeper()
         return conn
+
+    def _take_idle(self, conn: connection, deadline: float, key: Hashable | None) -> bool:
+        """Check out an idle connection taken from the pool, if it passes its health check.
+
+        A connection that fails it is closed and its slot freed; the caller
+        then goes the slow way.
+        """
+        try:
+            usable = self._usable(conn, deadline)
+        except BaseException:
+            with self._lock:
+                self._forget(conn)
+            self._close(conn)
+            raise
+        with self._lock:
+            if usable and not self.closed:
+                self._register(conn, key)
+                self._start_housekeeper()
+                return True
+            self._forget(conn)
+        self._close(conn)
+        return False
 
     def putconn(self, conn: connection | None = None, key: Hashable | None = None, close: bool = False) -> None:
         """Give a connection back. Its slot is freed whatever happens.
@@ -571,7 +599,7 @@ class ConnectionPool(ThreadedConnectionPool):
         now = time.monotonic()
         if now >= slot.expires:
             return False
-        if conn.closed or conn.info.transaction_status != TRANSACTION_STATUS_IDLE:
+        if conn.closed or conn.get_transaction_status() != TRANSACTION_STATUS_IDLE:
             alive = False
         elif not self.health_check:
             return True
@@ -580,10 +608,11 @@ class ConnectionPool(ThreadedConnectionPool):
             needs_ping = state is SocketState.UNSURE or slot.last_used <= self._suspect_before
             if self.ping_after is not None and now - slot.last_used >= self.ping_after:
                 needs_ping = True
-            # Half the time left at most, so that a silent network leaves time
-            # to open another connection.
-            budget = min(self._ping_timeout(), max((deadline - now) / 2, 0.05))
-            alive = state is not SocketState.DEAD and (not needs_ping or ping(conn, budget))
+            alive = state is not SocketState.DEAD
+            if alive and needs_ping:
+                # Half the time left at most, so that a silent network leaves
+                # time to open another connection.
+                alive = ping(conn, min(self._ping_timeout(), max((deadline - now) / 2, 0.05)))
         if not alive:
             with self._lock:
                 self._stats["connections_lost"] += 1
@@ -644,7 +673,7 @@ class ConnectionPool(ThreadedConnectionPool):
                 conn.set_session(readonly=True)
             if self.configure is not None:
                 self.configure(conn)
-                if conn.info.transaction_status != TRANSACTION_STATUS_IDLE:
+                if conn.get_transaction_status() != TRANSACTION_STATUS_IDLE:
                     conn.rollback()
         except BaseException:
             if conn is not None:
@@ -696,7 +725,7 @@ class ConnectionPool(ThreadedConnectionPool):
     def _reset(self, conn: connection, slot: Slot) -> bool:
         """Outside the lock: make a returned connection reusable, or say it is not."""
         try:
-            status = conn.info.transaction_status if not conn.closed else None
+            status = conn.get_transaction_status() if not conn.closed else None
             if status in (TRANSACTION_STATUS_INTRANS, TRANSACTION_STATUS_INERROR):
                 with bounded(conn, self._ping_timeout()) as watchdog:
                     conn.rollback()
