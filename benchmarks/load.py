@@ -67,20 +67,38 @@ class Outcome:
 
 
 def timed_load(
-    host: str, port: int, path: str, connections: int, seconds: float, during: Callable[[], None]
+    host: str,
+    port: int,
+    path: str,
+    connections: int,
+    seconds: float,
+    during: Callable[[threading.Event], None],
 ) -> list[Outcome]:
     """Send requests on ``connections`` keep-alive connections for ``seconds``,
-    calling ``during()`` from this thread meanwhile; return every request's outcome.
+    calling ``during(go)`` from this thread meanwhile; return every request's outcome.
 
-    wrk cannot time-stamp single responses, which the restart scenario needs.
+    Clients send only while the ``go`` event is set (it starts set), so
+    ``during`` can pause the load. wrk cannot time-stamp single responses,
+    which the restart scenario needs.
     """
     outcomes: list[Outcome] = []
     lock = threading.Lock()
     stop = threading.Event()
+    go = threading.Event()
+    go.set()
 
     def client() -> None:
         conn: http.client.HTTPConnection | None = None
         while not stop.is_set():
+            if not go.is_set():
+                # Paused: close the keep-alive connection, which the server
+                # would time out anyway (that would be the client's failure,
+                # not the database's).
+                if conn is not None:
+                    conn.close()
+                    conn = None
+                go.wait(0.1)
+                continue
             ok = False
             try:
                 if conn is None:
@@ -106,7 +124,8 @@ def timed_load(
     started = time.monotonic()
     for w in workers:
         w.start()
-    during()
+    during(go)
+    go.set()
     time.sleep(max(0.0, seconds - (time.monotonic() - started)))
     stop.set()
     for w in workers:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -124,51 +125,63 @@ def paired_ratio(per_variant: dict[str, Any], a: str, b: str, field: str = "rps"
 
 
 def run_restart(plan: Plan, db: Database, log: Callable[[str], None]) -> dict[str, Any]:
-    """Per variant: load it, stop the database ("fast"), start it again, keep loading.
+    """Per variant, twice: stop the database ("fast"), start it again.
 
-    Counts failed requests before and after the moment the server accepts
-    connections again (``pg_ctl start -w`` returned), and how long after that
-    moment the last failure happened.
+    "busy": requests keep coming while the server is down. "idle": the load
+    pauses before the stop and resumes once the server is up again, so the
+    pool's idle connections are all dead when traffic comes back (a restart
+    at a quiet hour). Counts failed requests before and after the moment the
+    server accepts connections again (``pg_ctl start -w`` returned), and how
+    long after that moment the last failure happened.
     """
     results: dict[str, Any] = {}
     connections = plan.maxconn * plan.workers
-    for key in plan.variants:
-        server = Server(VARIANTS[key][0], db.dsn, plan.maxconn, plan.maxconn, plan.workers, plan.log_dir)
-        try:
-            server.wait_ready()
-            run_wrk(server.url + "/db", connections, 1)  # every pool filled and warm
-            marks: dict[str, float] = {}
-
-            def restart(marks: dict[str, float] = marks) -> None:
-                time.sleep(plan.restart_before)
-                marks["down"] = time.monotonic()
-                db.stop()
-                time.sleep(plan.restart_down)
-                db.start()
-                marks["up"] = time.monotonic()
-
-            start = time.monotonic()
-            total = plan.restart_before + plan.restart_down + plan.restart_after
-            outcomes = timed_load("127.0.0.1", server.port, "/db", connections, total, restart)
-        finally:
-            server.stop()
-            db.start()  # whatever happened, leave the database running
-        up = marks["up"]
-        after = [o for o in outcomes if o.end >= up]
-        failed_after = [o for o in after if not o.ok]
-        ok_after = [o for o in after if o.ok]
-        row = {
-            "requests": len(outcomes),
-            "failed": sum(not o.ok for o in outcomes),
-            "failed_after_up": len(failed_after),
-            "down_s": up - marks["down"],
-            "last_failure_after_up_s": (max(o.end for o in failed_after) - up) if failed_after else 0.0,
-            "first_ok_after_up_s": (min(o.end for o in ok_after) - up) if ok_after else None,
-            "elapsed_s": time.monotonic() - start,
-        }
-        results[key] = row
-        log(
-            f"  restart {key:<13} failed {row['failed']:5d} (after up: {row['failed_after_up']}), "
-            f"last failure {row['last_failure_after_up_s']:.2f} s after up"
-        )
+    for mode in ("busy", "idle"):
+        for key in plan.variants:
+            row = _restart_once(plan, db, key, connections, idle=mode == "idle")
+            results.setdefault(key, {})[mode] = row
+            log(
+                f"  restart ({mode}) {key:<13} failed {row['failed']:5d} (after up: {row['failed_after_up']}), "
+                f"last failure {row['last_failure_after_up_s']:.2f} s after up"
+            )
     return {"connections": connections, "down_s": plan.restart_down, "variants": results}
+
+
+def _restart_once(plan: Plan, db: Database, key: str, connections: int, idle: bool) -> dict[str, Any]:
+    server = Server(VARIANTS[key][0], db.dsn, plan.maxconn, plan.maxconn, plan.workers, plan.log_dir)
+    marks: dict[str, float] = {}
+    try:
+        server.wait_ready()
+        run_wrk(server.url + "/db", connections, 1)  # every pool filled and warm
+
+        def restart(go: threading.Event) -> None:
+            time.sleep(plan.restart_before)
+            if idle:
+                go.clear()
+                time.sleep(0.5)  # requests in flight finish
+            marks["down"] = time.monotonic()
+            db.stop()
+            time.sleep(plan.restart_down)
+            db.start()
+            marks["up"] = time.monotonic()
+            go.set()
+
+        start = time.monotonic()
+        total = plan.restart_before + plan.restart_down + plan.restart_after
+        outcomes = timed_load("127.0.0.1", server.port, "/db", connections, total, restart)
+    finally:
+        server.stop()
+        db.start()  # whatever happened, leave the database running
+    up = marks["up"]
+    after = [o for o in outcomes if o.end >= up]
+    failed_after = [o for o in after if not o.ok]
+    ok_after = [o for o in after if o.ok]
+    return {
+        "requests": len(outcomes),
+        "failed": sum(not o.ok for o in outcomes),
+        "failed_after_up": len(failed_after),
+        "down_s": up - marks["down"],
+        "last_failure_after_up_s": (max(o.end for o in failed_after) - up) if failed_after else 0.0,
+        "first_ok_after_up_s": (min(o.end for o in ok_after) - up) if ok_after else None,
+        "elapsed_s": time.monotonic() - start,
+    }
