@@ -48,6 +48,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--workers", type=int, default=2, help="gunicorn workers")
     ap.add_argument("--duration", type=float, help="seconds per wrk run")
     ap.add_argument("--rounds", type=int, help="interleaved rounds")
+    ap.add_argument("--down", type=float, help="seconds the database stays down in the restart scenario (default 2)")
     return ap.parse_args(argv)
 
 
@@ -103,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.quick:
         plan.restart_before, plan.restart_down, plan.restart_after = 1.0, 1.0, 2.0
+    if args.down is not None:
+        plan.restart_down = args.down
+        plan.restart_after = max(plan.restart_after, 8.0)
     if wrk_path() is None:
         _log(
             "wrk is not installed (Debian: apt-get install -y wrk): skipping the HTTP scenarios "
@@ -153,11 +157,17 @@ def main(argv: list[str] | None = None) -> int:
     with open(out / "results.json", "w") as f:
         json.dump(results, f, indent=1, default=str)
     chart_name = "chart.png" if chart(results, out / "chart.png") else None
-    (out / "results.md").write_text(markdown(results, chart_name))
+    text = markdown(results, chart_name)
+    analysis = out / "analysis.md"
+    if analysis.exists():  # hand-written notes on a committed run, kept across regeneration
+        text += "\n" + analysis.read_text()
+    (out / "results.md").write_text(text)
     _log("")
     for t in targets(results):
         verdict = "not run" if t["met"] is None else ("met" if t["met"] else "MISSED")
         _log(f"{verdict:>8}  {t['target']}: {t['value'] or 'n/a'}")
+    if args.quick:
+        _log("(quick mode checks that the harness works; its numbers mean nothing)")
     _log(f"\nresults: {out / 'results.md'} ({results['elapsed_s']:.0f} s)")
     return 0
 
