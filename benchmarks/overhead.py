@@ -13,12 +13,15 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from flask import Flask
+from flask.globals import _cv_app
 from psycopg2.pool import ThreadedConnectionPool
 
 from flask_pgpool import ConnectionPool, get_db
 from flask_pgpool.health import socket_state
 
 from .apps import dedicated_app, pgpool_app
+from .apps.common import make_app
 from .database import open_database
 from .micro import _interleave
 
@@ -44,6 +47,9 @@ def _cases(dsn: str) -> tuple[dict[str, Callable[[], Any]], Callable[[], None]]:
 
         return op
 
+    lean_ours = _lean_app(dsn, ConnectionPool(1, 4, dsn)).test_client()
+    lean_theirs = _lean_app(dsn, ThreadedConnectionPool(1, 4, dsn)).test_client()
+
     cases: dict[str, Callable[[], Any]] = {
         "ThreadedConnectionPool getconn+putconn": lambda: theirs.putconn(theirs.getconn()),
         "ConnectionPool getconn+putconn": lambda: ours.putconn(ours.getconn()),
@@ -57,6 +63,8 @@ def _cases(dsn: str) -> tuple[dict[str, Callable[[], Any]], Callable[[], None]]:
         "test client GET /nodb, flask-pgpool app": lambda: pg_client.get("/nodb"),
         "test client GET /db, dedicated app": lambda: dedicated_client.get("/db"),
         "test client GET /db, flask-pgpool app": lambda: pg_client.get("/db"),
+        "test client GET /db, lean glue + ConnectionPool": lambda: lean_ours.get("/db"),
+        "test client GET /db, lean glue + ThreadedConnectionPool": lambda: lean_theirs.get("/db"),
     }
 
     def close() -> None:
@@ -66,6 +74,34 @@ def _cases(dsn: str) -> tuple[dict[str, Callable[[], Any]], Callable[[], None]]:
         pg_app.extensions["pgpool"].close(pg_app)
 
     return cases, close
+
+
+def _lean_app(dsn: str, pool: Any) -> Flask:
+    """A prototype of leaner glue: one context lookup per checkout and per teardown.
+
+    get_db() resolves the app context several times through Werkzeug's
+    LocalProxy (has_app_context, current_app, g); this reads it once and keeps
+    the connection in the context's ``g.__dict__``. It measures what that
+    change to the extension would save; it is not the extension.
+    """
+    key = "_bench_lean_conn"
+
+    def get_conn() -> Any:
+        ns = _cv_app.get().g.__dict__
+        conn = ns.get(key)
+        if conn is None:
+            conn = ns[key] = pool.getconn()
+        return conn
+
+    app = make_app("lean", get_conn)
+
+    @app.teardown_appcontext
+    def give_back(exc: BaseException | None) -> None:
+        conn = _cv_app.get().g.__dict__.pop(key, None)
+        if conn is not None:
+            pool.putconn(conn)
+
+    return app
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,11 +119,11 @@ def main(argv: list[str] | None = None) -> int:
             close()
     finally:
         db.close()
-    print(f"{'step':<55} {'CPU us':>8} {'wall us':>8}")
+    print(f"{'step':<60} {'CPU us':>8} {'wall us':>8}")
     for name, times in samples.items():
         cpu = sorted(c for _, c in times)[len(times) // 2] * 1e6
         wall = sorted(w for w, _ in times)[len(times) // 2] * 1e6
-        print(f"{name:<55} {cpu:8.2f} {wall:8.2f}")
+        print(f"{name:<60} {cpu:8.2f} {wall:8.2f}")
     return 0
 
 
