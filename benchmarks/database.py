@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -18,9 +19,10 @@ _MAX_CONNECTIONS = 400
 class Database:
     """A DSN, plus stop/start when the cluster is ours (the restart scenario needs them)."""
 
-    def __init__(self, dsn: str, cluster: Any = None) -> None:
+    def __init__(self, dsn: str, cluster: Any = None, base_dir: Path | None = None) -> None:
         self.dsn = dsn
         self.cluster = cluster
+        self._base_dir = base_dir
 
     @property
     def can_restart(self) -> bool:
@@ -42,6 +44,8 @@ class Database:
     def close(self) -> None:
         if self.cluster is not None:
             self.cluster.destroy()
+        if self._base_dir is not None:
+            shutil.rmtree(self._base_dir, ignore_errors=True)
 
 
 def open_database(dsn: str | None) -> Database:
@@ -59,4 +63,4 @@ def open_database(dsn: str | None) -> Database:
     with open(cluster.data_dir / "postgresql.conf", "a") as conf:
         conf.write(f"\nmax_connections = {_MAX_CONNECTIONS}\n")
     cluster.start()
-    return Database(cluster.dsn, cluster)
+    return Database(cluster.dsn, cluster, base)
