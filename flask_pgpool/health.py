@@ -111,34 +111,40 @@ def bounded(conn: connection, timeout: float) -> Iterator[Watchdog]:
 
 
 class Watchdog:
-    """Shuts a connection's socket down if it is still armed after ``timeout``."""
+    """Shuts a connection's socket down if it is still armed after ``timeout``.
+
+    Arming and disarming share the timer thread's lock: a returned connection
+    with an open transaction arms one per rollback, so it must be cheap.
+    """
+
+    __slots__ = ("_armed", "_fd", "fired")
 
     def __init__(self, conn: connection, timeout: float) -> None:
-        self._lock = threading.Lock()
         self._armed = True
         self.fired = False
         self._fd = conn.fileno()
         _timers.add(time.monotonic() + max(timeout, 0.001), self)
 
     def fire(self) -> None:
-        with self._lock:
-            if not self._armed:
-                return
-            self.fired = True
+        """Called by the timer thread, holding the timers' lock."""
+        if not self._armed:
+            return
+        self._armed = False
+        self.fired = True
+        try:
+            # A duplicate descriptor shares the socket: shutting it down
+            # ends the stuck exchange; closing the duplicate frees only it.
+            dup = socket.socket(fileno=os.dup(self._fd))
             try:
-                # A duplicate descriptor shares the socket: shutting it down
-                # ends the stuck exchange; closing the duplicate frees only it.
-                dup = socket.socket(fileno=os.dup(self._fd))
-                try:
-                    dup.shutdown(socket.SHUT_RDWR)
-                finally:
-                    dup.close()
-            except OSError:
-                pass
+                dup.shutdown(socket.SHUT_RDWR)
+            finally:
+                dup.close()
+        except OSError:
+            pass
 
     def disarm(self) -> bool:
         """Stop the watchdog; return whether it had already fired."""
-        with self._lock:
+        with _timers.lock:
             self._armed = False
         return self.fired
 
@@ -156,6 +162,7 @@ class _Timers:
 
     def _reset(self) -> None:
         self._cond = threading.Condition(threading.Lock())
+        self.lock = self._cond  # guards the heap and every watchdog's state
         self._heap: list[tuple[float, int, Watchdog]] = []
         self._order = itertools.count()
         self._pid = 0  # no thread in this process yet
@@ -171,21 +178,16 @@ class _Timers:
                 self._cond.notify()
 
     def _run(self) -> None:
-        while True:
-            due: list[Watchdog] = []
-            with self._cond:
-                while not due:
-                    now = time.monotonic()
-                    while self._heap and self._heap[0][0] <= now:
-                        due.append(heapq.heappop(self._heap)[2])
-                    if not due:
-                        # Most watchdogs are disarmed long before they are due; waking
-                        # at most every _GRANULARITY seconds drops them in batches
-                        # instead of waking once per returned connection.
-                        self._cond.wait(max(self._heap[0][0] - now, _GRANULARITY) if self._heap else None)
-            for watchdog in due:
-                watchdog.fire()  # does nothing if disarmed
-            del due
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                while self._heap and self._heap[0][0] <= now:
+                    # Under the lock, so that a disarm cannot race the shutdown.
+                    heapq.heappop(self._heap)[2].fire()  # does nothing if disarmed
+                # Most watchdogs are disarmed long before they are due; waking at
+                # most every _GRANULARITY seconds drops them in batches instead
+                # of waking once per returned connection.
+                self._cond.wait(max(self._heap[0][0] - now, _GRANULARITY) if self._heap else None)
 
 
 _timers = _Timers()

@@ -70,7 +70,9 @@ _COUNTERS = STATS_KEYS[5:]
 # Reconnection backoff while the server is unreachable: doubling from the
 # first delay up to the last, with jitter so that workers do not knock in step.
 _BACKOFF_FIRST = 0.1
-_BACKOFF_MAX = 10.0
+# Kept well below the default PGPOOL_TIMEOUT, so that once the server is back
+# a waiting checkout sees a new attempt before it times out.
+_BACKOFF_MAX = 2.0
 # Connection lifetimes are shortened by up to this fraction, at random, so that
 # connections opened together do not all expire together.
 _LIFETIME_JITTER = 0.1
