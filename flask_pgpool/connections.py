@@ -4,6 +4,7 @@ put back when it is returned, and closing it without hanging."""
 from __future__ import annotations
 
 import contextlib
+import select
 import traceback
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,8 @@ class Slot:
     checked_out: float = 0.0
     stack: traceback.StackSummary | None = None
     leak_reported: bool = False
+    # Watches the socket for the health check; made on first use.
+    poller: select.poll | None = None
 
 
 def session_of(conn: connection) -> tuple[Any, ...]:

@@ -35,14 +35,24 @@ class SocketState(enum.Enum):
     UNSURE = "unsure"  # something arrived (a NOTIFY, a notice, TLS data): ask the server
 
 
-def socket_state(conn: connection) -> SocketState:
-    """Look at the connection's socket without reading from it or blocking."""
+def poller_for(conn: connection) -> select.poll:
+    """A poll object watching the connection's socket, to reuse for its life."""
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLIN | select.POLLPRI)
+    return poller
+
+
+def socket_state(conn: connection, poller: select.poll | None = None) -> SocketState:
+    """Look at the connection's socket without reading from it or blocking.
+
+    ``poller`` (from :func:`poller_for`) saves setting one up on every call.
+    """
     if conn.closed or conn.get_transaction_status() != TRANSACTION_STATUS_IDLE:
         return SocketState.DEAD
     try:
         fd = conn.fileno()
-        poller = select.poll()
-        poller.register(fd, select.POLLIN | select.POLLPRI)
+        if poller is None:
+            poller = poller_for(conn)
         events = poller.poll(0)
     except (OSError, ValueError):
         return SocketState.DEAD

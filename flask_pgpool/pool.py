@@ -42,7 +42,7 @@ from psycopg2.pool import PoolError, ThreadedConnectionPool
 from . import dsn as dsnlib
 from .connections import Slot, close_quietly, restore_session, session_of
 from .errors import PoolClosed, PoolTimeout, TooManyRequests
-from .health import SocketState, bounded, ping, socket_state
+from .health import SocketState, bounded, ping, poller_for, socket_state
 
 __all__ = ["STATS_KEYS", "ConnectionPool"]
 
@@ -180,11 +180,16 @@ class ConnectionPool(ThreadedConnectionPool):
                 conn: connection = self._used[key]
                 return conn
             self._stats["requests_num"] += 1
-            # The common case, in one lock section: an idle connection, nobody waiting.
-            idle = self._pool.pop() if self._pool and not self._waiters else None
+            # The common case, in one lock section: an idle connection, nobody
+            # waiting. It counts as checked out while its health is checked.
+            idle = None
+            if self._pool and not self._waiters:
+                idle = self._pool.pop()
+                self._register(idle, key)
+                self._start_housekeeper()
         started = time.monotonic()
         limit = self.timeout if timeout is None else timeout
-        if idle is not None and self._take_idle(idle, started + limit, key):
+        if idle is not None and self._take_idle(idle, started + limit):
             self._notify("checkout", 0.0)
             return idle
         try:
@@ -203,27 +208,22 @@ class ConnectionPool(ThreadedConnectionPool):
             self._start_housekeeper()
         return conn
 
-    def _take_idle(self, conn: connection, deadline: float, key: Hashable | None) -> bool:
-        """Check out an idle connection taken from the pool, if it passes its health check.
+    def _take_idle(self, conn: connection, deadline: float) -> bool:
+        """Keep an idle connection just checked out if it passes its health check.
 
-        A connection that fails it is closed and its slot freed; the caller
-        then goes the slow way.
+        One that fails it is closed and its slot freed; the caller then goes
+        the slow way.
         """
+        usable = False
         try:
             usable = self._usable(conn, deadline)
-        except BaseException:
-            with self._lock:
-                self._forget(conn)
-            self._close(conn)
-            raise
-        with self._lock:
-            if usable and not self.closed:
-                self._register(conn, key)
-                self._start_housekeeper()
-                return True
-            self._forget(conn)
-        self._close(conn)
-        return False
+        finally:
+            if not usable:
+                with self._lock:
+                    self._unregister(conn)
+                    self._forget(conn)
+                self._close(conn)
+        return usable
 
     def putconn(self, conn: connection | None = None, key: Hashable | None = None, close: bool = False) -> None:
         """Give a connection back. Its slot is freed whatever happens.
@@ -511,7 +511,15 @@ class ConnectionPool(ThreadedConnectionPool):
         slot.leak_reported = False
         slot.stack = None
         if self.leak_timeout is not None:
-            slot.stack = traceback.StackSummary.from_list(traceback.extract_stack()[:-3])
+            # The caller's stack, without this module's frames.
+            frames = [f for f in traceback.extract_stack() if f.filename != __file__]
+            slot.stack = traceback.StackSummary.from_list(frames)
+
+    def _unregister(self, conn: connection) -> None:
+        """Under the lock: undo :meth:`_register`."""
+        key = self._rused.pop(id(conn), None)
+        if key is not None:
+            self._used.pop(key, None)
 
     def _leave_closed_pool(self, waiter: _Waiter | None) -> PoolClosed:
         """Under the lock: the error for a checkout that finds the pool closed."""
@@ -606,7 +614,9 @@ class ConnectionPool(ThreadedConnectionPool):
         elif not self.health_check:
             return True
         else:
-            state = socket_state(conn)
+            if slot.poller is None:
+                slot.poller = poller_for(conn)
+            state = socket_state(conn, slot.poller)
             needs_ping = state is SocketState.UNSURE or slot.last_used <= self._suspect_before
             if self.ping_after is not None and now - slot.last_used >= self.ping_after:
                 needs_ping = True
@@ -735,7 +745,7 @@ class ConnectionPool(ThreadedConnectionPool):
                     raise psycopg2.OperationalError("rollback did not finish in time")
             elif status != TRANSACTION_STATUS_IDLE:
                 raise psycopg2.InterfaceError("connection closed, lost, or still running a query")
-            elif self.health_check and socket_state(conn) is SocketState.DEAD:
+            elif self.health_check and socket_state(conn, slot.poller) is SocketState.DEAD:
                 raise psycopg2.OperationalError("the server closed the connection while it was checked out")
             if session_of(conn) != slot.session:
                 restore_session(conn, slot.session)
