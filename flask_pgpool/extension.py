@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, Response, current_app, g, has_app_context
+from flask import Flask, Response, after_this_request, current_app, has_app_context, has_request_context
 from flask.ctx import AppContext
 from flask.globals import _cv_app
 from flask.typing import ResponseReturnValue
@@ -72,7 +72,6 @@ class PgPool:
         pools = {name: _make_pool(app, name, s) for name, s in settings.items()}
         self._states[app] = _AppState(pools=pools, settings=settings)
         app.extensions["pgpool"] = self
-        app.after_request(_hold_for_streamed_response)
         app.teardown_appcontext(_teardown)
         # The app's own handler, registered before or after us, takes precedence.
         if PgPoolError not in app.error_handler_spec[None][None]:
@@ -113,6 +112,10 @@ class PgPool:
         conn = pool.getconn()
         if checked_out is None:
             checked_out = namespace[_G_KEY] = {}
+            if has_request_context():
+                # Registered per request, so that requests that never call
+                # get_db() pay nothing for it.
+                after_this_request(_hold_for_streamed_response)
         checked_out[bind] = (pool, conn)
         return conn
 
@@ -244,11 +247,15 @@ def _hold_for_streamed_response(response: Response) -> Response:
     is streamed; giving the connection back then would roll back the view's
     work and let another request use it while the stream still does.
     """
-    checked_out = g.get(_G_KEY)
+    ctx = _cv_app.get(None)
+    if ctx is None:
+        return response
+    namespace = ctx.g.__dict__
+    checked_out = namespace.get(_G_KEY)
     # Only a generator body can run view code after the view returned; other
     # streamed bodies (error pages, files) need no connection.
     if checked_out and isinstance(response.response, types.GeneratorType):
-        setattr(g, _G_HELD, True)
+        namespace[_G_HELD] = True
         response.response = _ReleaseWhenSent(response.response, checked_out)
     return response
 
