@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from flask import Flask
+from flask import Flask, g
 
 #: One short query; every variant runs it in a transaction it then rolls back.
 QUERY = "SELECT 1"
@@ -41,5 +41,25 @@ def make_app(name: str, get_conn: Callable[[], Any]) -> Flask:
     @app.get("/nodb")
     def nodb() -> str:
         return "1"
+
+    return app
+
+
+def make_g_app(name: str, checkout: Callable[[], Any], give_back: Callable[[Any], None]) -> Flask:
+    """The glue users copy around a pool: ``checkout()`` onto ``g`` on first
+    use in a request, ``give_back(conn)`` in a teardown function."""
+
+    def get_conn() -> Any:
+        if "db" not in g:
+            g.db = checkout()
+        return g.db
+
+    app = make_app(name, get_conn)
+
+    @app.teardown_appcontext
+    def put_conn(exc: BaseException | None) -> None:
+        conn = g.pop("db", None)
+        if conn is not None:
+            give_back(conn)
 
     return app

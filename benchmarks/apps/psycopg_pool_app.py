@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from flask import Flask, g
+from flask import Flask
 from psycopg_pool import ConnectionPool
 
-from .common import make_app, settings
+from .common import make_g_app, settings
 
 
 def create_app(dsn: str | None = None, maxconn: int | None = None) -> Flask:
@@ -15,18 +13,4 @@ def create_app(dsn: str | None = None, maxconn: int | None = None) -> Flask:
     # Same sizes as the other pools (minconn 1, maxconn); the rest are its defaults.
     pool = ConnectionPool(dsn, min_size=1, max_size=maxconn, open=True)
 
-    def get_conn() -> Any:
-        if "db" not in g:
-            g.db = pool.getconn()
-        return g.db
-
-    app = make_app(__name__, get_conn)
-
-    @app.teardown_appcontext
-    def put_conn(exc: BaseException | None) -> None:
-        conn = g.pop("db", None)
-        if conn is not None:
-            pool.putconn(conn)
-
-    app.extensions["bench_pool"] = pool
-    return app
+    return make_g_app(__name__, pool.getconn, pool.putconn)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import psycopg2
-from flask import Flask, g
+from flask import Flask
 from sqlalchemy import create_engine
 
-from .common import make_app, settings
+from .common import make_g_app, settings
 
 
 def create_app(dsn: str | None = None, maxconn: int | None = None) -> Flask:
@@ -22,17 +20,5 @@ def create_app(dsn: str | None = None, maxconn: int | None = None) -> Flask:
         pool_pre_ping=True,
     )
 
-    def get_conn() -> Any:
-        if "db" not in g:
-            g.db = engine.raw_connection()
-        return g.db
-
-    app = make_app(__name__, get_conn)
-
-    @app.teardown_appcontext
-    def put_conn(exc: BaseException | None) -> None:
-        conn = g.pop("db", None)
-        if conn is not None:
-            conn.close()  # back to the QueuePool (which resets it)
-
-    return app
+    # Closing a raw connection gives it back to the QueuePool, which resets it.
+    return make_g_app(__name__, engine.raw_connection, lambda conn: conn.close())
