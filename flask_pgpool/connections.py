@@ -24,11 +24,10 @@ class Slot:
     expires: float
     last_used: float
     session: tuple[Any, ...]
+    poller: select.poll  # watches the socket for the health check
     checked_out: float = 0.0
     stack: traceback.StackSummary | None = None
     leak_reported: bool = False
-    # Watches the socket for the health check; made on first use.
-    poller: select.poll | None = None
 
 
 def session_of(conn: connection) -> tuple[Any, ...]:

