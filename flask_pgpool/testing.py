@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from flask import Flask
     from psycopg2.extensions import connection
 
-    from .pool import ConnectionPool
+    from ._pool import ConnectionPool
 
 __all__ = ["RolledBackConnection", "pgpool_dsn", "pgpool_transaction", "rolled_back"]
 
@@ -55,7 +55,7 @@ def pgpool_dsn(pytestconfig: pytest.Config) -> Iterator[str]:
     if dsn:
         yield dsn
         return
-    from .embedded import throwaway_server
+    from ._embedded import throwaway_server
 
     with throwaway_server(prefix="pgpool-pytest-") as dsn:
         yield dsn
@@ -138,7 +138,7 @@ def rolled_back(app: Flask) -> Iterator[connection]:
     """
     from flask import appcontext_pushed, current_app, g, has_app_context
 
-    from .extension import _G_KEY, PgPool
+    from ._extension import _G_KEY, PgPool
 
     ext = app.extensions.get("pgpool")
     if not isinstance(ext, PgPool):

@@ -23,7 +23,16 @@ from support.pgcluster import PgCluster, private_cluster
 
 from flask_pgpool import PgPool
 
+# Fixtures of the pool engine's tests (make_pool, proxy), registered once for every folder.
+pytest_plugins = ["support.poolkit"]
+
 THROUGH_PGBOUNCER = os.environ.get("PGPOOL_TEST_PGBOUNCER", "").strip().lower() in ("1", "true", "yes", "on")
+TESTS = Path(__file__).resolve().parent
+
+# Markers every test of a folder carries: a whole folder can be selected or left out with -m.
+FOLDER_MARKERS: dict[str, tuple[str, ...]] = {
+    "faults": ("fault",),
+}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -33,11 +42,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    if THROUGH_PGBOUNCER:
-        skip = pytest.mark.skip(reason="needs a direct server session; PGPOOL_TEST_PGBOUNCER=1 uses PgBouncer")
-        for item in items:
-            if item.get_closest_marker("no_pgbouncer"):
-                item.add_marker(skip)
+    skip = pytest.mark.skip(reason="needs a direct server session; PGPOOL_TEST_PGBOUNCER=1 uses PgBouncer")
+    for item in items:
+        folder = Path(item.path).resolve().relative_to(TESTS).parts[0]
+        for marker in FOLDER_MARKERS.get(folder, ()):
+            item.add_marker(marker)
+        if THROUGH_PGBOUNCER and item.get_closest_marker("no_pgbouncer"):
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,157 @@
+"""Sessions ended or cancelled by the server, seen through Flask requests:
+pg_terminate_backend, idle_in_transaction_session_timeout, idle_session_timeout
+and statement_timeout (set with PGPOOL_CONNECT_ARGS options '-c ...').
+
+A connection the server ended is never handed to a later request; a view whose
+own session was ended gets its error; the slot always comes back.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from support.faults import (
+    LIMIT,
+    Admin,
+    Outcome,
+    assert_no_leak,
+    fault_app,
+    hammer,
+    pool_of,
+    request_within,
+    wait_until,
+)
+
+
+@pytest.fixture
+def admin(pg_dsn: str, app_name: str) -> Admin:
+    return Admin(pg_dsn, app_name)
+
+
+def pids(outcomes: list[Outcome]) -> set[int]:
+    assert {o.status for o in outcomes} == {200}, outcomes
+    return {int(o.body) for o in outcomes}
+
+
+def test_terminated_idle_connections_are_not_handed_out(pg_dsn: str, admin: Admin, app_name: str) -> None:
+    app = fault_app(pg_dsn, app_name)
+    before = pids(hammer(app, "/pid", threads=4, per_thread=3, limit=LIMIT))
+    assert admin.terminate() == len(before)
+
+    after = pids(hammer(app, "/pid", threads=4, per_thread=3, limit=LIMIT))
+    assert not before & after
+    stats = assert_no_leak(pool_of(app))
+    assert stats["connections_lost"] >= 1
+    assert stats["pool_size"] == len(admin.sessions())
+
+
+def test_terminated_during_a_request_frees_the_slot(pg_dsn: str, admin: Admin, app_name: str) -> None:
+    app = fault_app(pg_dsn, app_name, PGPOOL_MAXCONN=1)
+    box: list[Outcome] = []
+    holding = threading.Thread(target=lambda: box.append(request_within(app, "/hold/1.0", LIMIT)))
+    holding.start()
+    assert wait_until(lambda: bool(admin.sessions("idle in transaction")), 5.0)
+    ((killed, _),) = admin.sessions()
+    assert admin.terminate() == 1
+    holding.join(LIMIT)
+
+    assert box[0].status == 500  # the view's own query failed: its error to handle
+    assert_no_leak(pool_of(app))
+    # The only slot is free again, with a live connection in it.
+    assert pids([request_within(app, "/pid", LIMIT)]) != {killed}
+
+
+def test_idle_in_transaction_timeout_kills_the_session_not_the_pool(pg_dsn: str, admin: Admin, app_name: str) -> None:
+    app = fault_app(
+        pg_dsn,
+        app_name,
+        PGPOOL_MAXCONN=2,
+        connect_args={"options": "-c idle_in_transaction_session_timeout=300"},
+    )
+    pool = pool_of(app)
+    assert request_within(app, "/one", LIMIT).status == 200
+
+    # A view that sits in a transaction longer than the server allows.
+    held = request_within(app, "/hold/1.0", LIMIT)
+    assert held.status == 500
+    assert_no_leak(pool)
+
+    # Quick requests keep working, on sessions that are not killed.
+    assert pids(hammer(app, "/pid", threads=2, per_thread=5, limit=LIMIT))
+    assert not admin.sessions("idle in transaction")
+    stats = assert_no_leak(pool)
+    assert stats["pool_size"] == len(admin.sessions())
+
+
+def test_idle_session_timeout_ends_pooled_connections(pg_dsn: str, admin: Admin, app_name: str) -> None:
+    """The server closes connections that sit idle in the pool; the pool notices
+    at checkout, without a query, and opens new ones."""
+    if admin.server_version() < 140000:
+        pytest.skip("idle_session_timeout needs PostgreSQL 14")
+    app = fault_app(pg_dsn, app_name, connect_args={"options": "-c idle_session_timeout=300"})
+    pool = pool_of(app)
+    first = pids(hammer(app, "/pid", threads=3, per_thread=2, limit=LIMIT))
+    assert wait_until(lambda: not admin.sessions(), 5.0), "the server did not end the idle sessions"
+
+    second = pids(hammer(app, "/pid", threads=3, per_thread=2, limit=LIMIT))
+    assert not first & second
+    stats = assert_no_leak(pool)
+    assert stats["connections_lost"] >= 1
+
+
+def test_statement_timeout_cancels_the_query_and_keeps_the_connection(pg_dsn: str, admin: Admin, app_name: str) -> None:
+    app = fault_app(
+        pg_dsn,
+        app_name,
+        PGPOOL_MAXCONN=1,
+        connect_args={"options": "-c statement_timeout=200"},
+    )
+    pool = pool_of(app)
+    (pid,) = pids([request_within(app, "/pid", LIMIT)])
+
+    started = time.monotonic()
+    cancelled = request_within(app, "/sleep/5.0", LIMIT)
+    assert cancelled.status == 500  # QueryCanceled reaches the view
+    assert time.monotonic() - started < 3
+
+    # The cancelled transaction was rolled back at return; the connection is
+    # healthy and reused, not replaced.
+    assert pids([request_within(app, "/pid", LIMIT)]) == {pid}
+    stats = assert_no_leak(pool)
+    assert stats["connections_num"] == 1
+    assert stats["returns_bad"] == 0
+    assert not admin.sessions("idle in transaction (aborted)")
+
+
+def test_a_slow_connect_does_not_hold_up_other_requests(pg_dsn: str, app_name: str) -> None:
+    """Connecting happens outside the pool's lock: while one request waits for a
+    slow new connection, a request that finds an idle one is served at once."""
+    connects: list[float] = []
+    slow_connect_started = threading.Event()
+
+    def configure(conn: object) -> None:
+        connects.append(time.monotonic())
+        if len(connects) > 1:  # the first connection (the warm-up) is quick
+            slow_connect_started.set()
+            time.sleep(2.0)
+
+    app = fault_app(pg_dsn, app_name, PGPOOL_MAXCONN=2, PGPOOL_CONFIGURE=configure)
+    assert request_within(app, "/one", LIMIT).status == 200  # one idle connection now
+
+    box: list[Outcome] = []
+    holder = threading.Thread(target=lambda: box.append(request_within(app, "/hold/0.3", LIMIT)))
+    holder.start()  # takes the idle connection for 0.3 s
+    time.sleep(0.1)
+    connecting = threading.Thread(target=lambda: box.append(request_within(app, "/one", LIMIT)))
+    connecting.start()  # finds none idle: opens a second one, slowly
+    assert slow_connect_started.wait(5.0)
+    holder.join(LIMIT)
+
+    quick = request_within(app, "/one", LIMIT)  # the holder's connection is idle again
+    assert quick.status == 200
+    assert quick.seconds < 1.0, quick  # not behind the 2 s connect
+    connecting.join(LIMIT)
+    assert [o.status for o in box] == [200, 200]
+    assert_no_leak(pool_of(app))

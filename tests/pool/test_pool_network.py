@@ -1,0 +1,122 @@
+"""Behaviours 3 and 4 on a bad network: nothing slow under the lock, and a cut
+network fails a checkout within its timeout instead of hanging it."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from support.netproxy import TcpProxy
+from support.poolkit import PoolFactory, query_one, run_in_thread, via_proxy, wait_until
+
+from flask_pgpool import PoolTimeout
+
+# Fixtures shared by the pool tests.
+
+
+def test_a_hanging_connect_blocks_no_other_checkout_or_return(
+    make_pool: PoolFactory, proxy: TcpProxy, pg_dsn: str
+) -> None:
+    pool = make_pool(0, 3, dsn=via_proxy(pg_dsn, proxy), connect_timeout=3, timeout=10)
+    warm = pool.getconn()
+    pool.putconn(warm)
+    held = pool.getconn()
+    # New connections now hang; the open one is idle-in-hand and needs no traffic.
+    proxy.blackhole()
+    waiter = run_in_thread(pool.getconn, name="needs-a-new-connection")
+    wait_until(lambda: pool.get_stats()["requests_waiting"] == 1, timeout=5, what="the checkout to wait")
+    assert pool.get_stats()["pool_size"] == 2  # one connection is being opened
+
+    started = time.monotonic()
+    pool.putconn(held)  # goes straight to the waiter: not after the connect
+    assert waiter(2) is held
+    pool.putconn(held)
+    assert pool.getconn() is held
+    pool.putconn(held)
+    pool.get_stats()
+    assert time.monotonic() - started < 2.0  # the connect alone may take 3 s
+    proxy.pass_through()
+
+
+def test_dropped_network_fails_checkouts_within_timeout_then_recovers(
+    make_pool: PoolFactory, proxy: TcpProxy, pg_dsn: str
+) -> None:
+    pool = make_pool(0, 2, dsn=via_proxy(pg_dsn, proxy), timeout=1.5, connect_timeout=2)
+    conn = pool.getconn(timeout=10)
+    pool.putconn(conn)
+    proxy.drop()
+    started = time.monotonic()
+    with pytest.raises(PoolTimeout) as info:
+        pool.getconn()
+    elapsed = time.monotonic() - started
+    assert 1.5 <= elapsed < 3.5
+    assert "could not connect" in str(info.value)
+    stats = pool.get_stats()
+    assert stats["connections_lost"] == 1
+    assert stats["connections_errors"] >= 1
+    proxy.pass_through()
+    fresh = pool.getconn(timeout=10)  # the backoff is short at first
+    assert query_one(fresh, "SELECT 1") == 1
+    pool.putconn(fresh)
+
+
+def test_blackholed_network_does_not_hang_a_checkout_that_pings(
+    make_pool: PoolFactory, proxy: TcpProxy, pg_dsn: str
+) -> None:
+    pool = make_pool(0, 2, dsn=via_proxy(pg_dsn, proxy), timeout=2, ping_after=0.2, connect_timeout=8)
+    conn = pool.getconn(timeout=10)
+    pool.putconn(conn)
+    time.sleep(0.3)  # old enough to be pinged
+    proxy.blackhole()
+    started = time.monotonic()
+    result = run_in_thread(pool.getconn, name="checkout-through-blackhole")
+    with pytest.raises(PoolTimeout):
+        result(10)
+    elapsed = time.monotonic() - started
+    assert 2 <= elapsed < 5, elapsed  # not the 8 s of a connect
+    assert conn.closed  # the ping's watchdog broke it; it is gone
+    assert pool.get_stats()["connections_lost"] == 1
+    proxy.pass_through()
+    fresh = pool.getconn(timeout=10)
+    assert query_one(fresh, "SELECT 1") == 1
+    pool.putconn(fresh)
+
+
+def test_slow_network_costs_a_healthy_checkout_nothing(
+    make_pool: PoolFactory, proxy: TcpProxy, pg_dsn: str
+) -> None:
+    pool = make_pool(0, 2, dsn=via_proxy(pg_dsn, proxy), ping_after=1.0)
+    conn = pool.getconn()
+    pool.putconn(conn)
+    proxy.slow(0.25)
+    started = time.monotonic()
+    for _ in range(20):
+        pool.putconn(pool.getconn())
+    assert time.monotonic() - started < 2.0  # 20 round trips would take 10 s
+    time.sleep(1.1)
+    started = time.monotonic()
+    again = pool.getconn()  # idle longer than ping_after: one slow ping
+    elapsed = time.monotonic() - started
+    assert again is conn
+    assert 0.5 <= elapsed < 4
+    pool.putconn(again)
+    proxy.pass_through()
+
+
+def test_checkout_gives_up_at_its_timeout_while_a_connect_hangs(
+    make_pool: PoolFactory, proxy: TcpProxy, pg_dsn: str
+) -> None:
+    proxy.blackhole()
+    pool = make_pool(0, 2, dsn=via_proxy(pg_dsn, proxy), timeout=1, connect_timeout=10)
+    started = time.monotonic()
+    with pytest.raises(PoolTimeout) as info:
+        pool.getconn()
+    elapsed = time.monotonic() - started
+    assert 1 <= elapsed < 4, "the checkout waited for the connect, not for its own timeout"
+    assert "still being opened" in str(info.value) and "PGPOOL_CONNECT_TIMEOUT" in str(info.value)
+    # The connect goes on in the background; once the network heals it is used.
+    proxy.pass_through()
+    conn = pool.getconn(timeout=10)
+    assert query_one(conn, "SELECT 1") == 1
+    pool.putconn(conn)
+    assert pool.get_stats()["connections_num"] == 1
