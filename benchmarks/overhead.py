@@ -13,11 +13,12 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+import psycopg2.extensions
 from flask import Flask
-from flask.globals import _cv_app
 from psycopg2.pool import ThreadedConnectionPool
 
-from flask_pgpool import ConnectionPool, get_db
+from flask_pgpool import ConnectionPool, PgPool, get_db
+from flask_pgpool._flask_compat import app_context as current_app_context
 from flask_pgpool._health import socket_state
 
 from .apps import dedicated_app, pgpool_app
@@ -47,6 +48,8 @@ def _cases(dsn: str) -> tuple[dict[str, Callable[[], Any]], Callable[[], None]]:
 
         return op
 
+    unguarded = _unguarded_app(dsn)
+    unguarded_client = unguarded.test_client()
     lean_ours = _lean_app(dsn, ConnectionPool(1, 4, dsn)).test_client()
     lean_theirs = _lean_app(dsn, ThreadedConnectionPool(1, 4, dsn)).test_client()
 
@@ -59,10 +62,12 @@ def _cases(dsn: str) -> tuple[dict[str, Callable[[], Any]], Callable[[], None]]:
         "app context push+pop, dedicated app": app_context(dedicated),
         "app context push+pop, flask-pgpool app (teardown)": app_context(pg_app),
         "app context + get_db() + teardown return": app_context(pg_app, get_db),
+        "app context + get_db() + teardown return, no use-after-end check": app_context(unguarded, get_db),
         "test client GET /nodb, dedicated app": lambda: dedicated_client.get("/nodb"),
         "test client GET /nodb, flask-pgpool app": lambda: pg_client.get("/nodb"),
         "test client GET /db, dedicated app": lambda: dedicated_client.get("/db"),
         "test client GET /db, flask-pgpool app": lambda: pg_client.get("/db"),
+        "test client GET /db, flask-pgpool app, no use-after-end check": lambda: unguarded_client.get("/db"),
         "test client GET /db, lean glue + ConnectionPool": lambda: lean_ours.get("/db"),
         "test client GET /db, lean glue + ThreadedConnectionPool": lambda: lean_theirs.get("/db"),
     }
@@ -72,8 +77,25 @@ def _cases(dsn: str) -> tuple[dict[str, Callable[[], Any]], Callable[[], None]]:
         ours_no_check.closeall()
         theirs.closeall()
         pg_app.extensions["pgpool"].close(pg_app)
+        unguarded.extensions["pgpool"].close(unguarded)
 
     return cases, close
+
+
+def _plain_connection(dsn: str, **kwargs: Any) -> Any:
+    return psycopg2.extensions.connection(dsn, **kwargs)
+
+
+def _unguarded_app(dsn: str) -> Flask:
+    """flask-pgpool without the check that refuses a connection used after its request.
+
+    A ``connection_factory`` that is a function, not a connection class,
+    cannot be given the check: this measures what the check costs.
+    """
+    app = make_app("unguarded", get_db)
+    app.config.update(PGPOOL_DSN=dsn, PGPOOL_MAXCONN=4, PGPOOL_CONNECT_ARGS={"connection_factory": _plain_connection})
+    PgPool(app)
+    return app
 
 
 def _lean_app(dsn: str, pool: Any) -> Flask:
@@ -86,8 +108,13 @@ def _lean_app(dsn: str, pool: Any) -> Flask:
     """
     key = "_bench_lean_conn"
 
+    def _context() -> Any:
+        ctx = current_app_context()
+        assert ctx is not None
+        return ctx
+
     def get_conn() -> Any:
-        ns = _cv_app.get().g.__dict__
+        ns = _context().g.__dict__
         conn = ns.get(key)
         if conn is None:
             conn = ns[key] = pool.getconn()
@@ -97,7 +124,7 @@ def _lean_app(dsn: str, pool: Any) -> Flask:
 
     @app.teardown_appcontext
     def give_back(exc: BaseException | None) -> None:
-        conn = _cv_app.get().g.__dict__.pop(key, None)
+        conn = _context().g.__dict__.pop(key, None)
         if conn is not None:
             pool.putconn(conn)
 

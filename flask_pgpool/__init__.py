@@ -3,6 +3,7 @@
 from ._config import ConfigError, PgPoolConfigWarning
 from ._errors import PgPoolError, PoolClosed, PoolTimeout, TooManyRequests
 from ._extension import PgPool, get_db
+from ._guard import StaleConnectionError
 from ._pool import STATS_KEYS, ConnectionPool
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "PgPoolError",
     "PoolClosed",
     "PoolTimeout",
+    "StaleConnectionError",
     "TooManyRequests",
     "get_db",
 ]
