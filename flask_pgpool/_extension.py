@@ -5,10 +5,11 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
+import os
 import threading
 import types
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -208,8 +209,7 @@ class PgPool:
             ctx = compat.app_context()
             if ctx is None:
                 raise RuntimeError(
-                    "no app given and no application context: pass app=... or work inside "
-                    "'with app.app_context():'"
+                    "no app given and no application context: pass app=... or work inside 'with app.app_context():'"
                 )
             app = ctx.app
         state = app.extensions.get(_STATE)
@@ -252,8 +252,7 @@ def get_db(name: str | None = None) -> connection:
     ext = ctx.app.extensions.get("pgpool")
     if not isinstance(ext, PgPool):
         raise RuntimeError(
-            "flask-pgpool is not set up on this app: create PgPool(app) or call pgpool.init_app(app) "
-            "in the app factory"
+            "flask-pgpool is not set up on this app: create PgPool(app) or call pgpool.init_app(app) in the app factory"
         )
     return ext._get_db(ctx, name)
 
@@ -324,7 +323,19 @@ def _make_pool(app: Flask, name: str, settings: PoolSettings) -> ConnectionPool:
         read_only=settings.read_only,
         configure=settings.configure,
         connect_args=connect_args,
+        reset=settings.reset,
+        label=_setting_label(app, name),
     )
+
+
+def _setting_label(app: Flask, bind: str) -> Callable[[str], str]:
+    """How the pool names its options in messages: by the config key to change."""
+    if bind != DEFAULT_BIND:
+        return lambda option: f"PGPOOL_BINDS[{bind!r}][{option!r}]"
+    dsn_key = "PGPOOL_DSN"
+    if not str(app.config.get("PGPOOL_DSN") or "").strip() and os.environ.get("DATABASE_URL"):
+        dsn_key = "the DATABASE_URL environment variable"
+    return lambda option: dsn_key if option == "dsn" else f"PGPOOL_{option.upper()}"
 
 
 def _end_app_context(exc: BaseException | None) -> None:

@@ -168,7 +168,6 @@ def test_an_app_context_pushed_again_gets_a_connection_again(new_app: Callable[[
     PgPool(app)
     ctx = app.app_context()
     for _ in range(3):
-        with ctx:
-            with get_db().cursor() as cur:
-                cur.execute("SELECT 1")
+        with ctx, get_db().cursor() as cur:
+            cur.execute("SELECT 1")
         assert all_idle(app)
