@@ -72,6 +72,13 @@ class _AppState:
     def __post_init__(self) -> None:
         self.give_back = {bind: types.MethodType(ConnectionPool.putconn, pool) for bind, pool in self.pools.items()}
 
+    def pool(self, bind: str) -> ConnectionPool:
+        try:
+            return self.pools[bind]
+        except KeyError:
+            known = ", ".join(repr(b) for b in self.pools)
+            raise KeyError(f"no database bind {bind!r}: PGPOOL_BINDS defines {known}") from None
+
 
 class PgPool:
     """A PostgreSQL connection pool for Flask apps.
@@ -146,10 +153,18 @@ class PgPool:
         self, ctx: AppContext, namespace: dict[str, Any], scope: Any, lease: Lease | None, bind: str
     ) -> connection:
         state = self._state(ctx.app)
-        pool = self.get_pool(bind, ctx.app)
+        pool = state.pool(bind)
+        if (lease is None or not lease.open) and scope is not ctx and _ended_in_this_push(namespace, scope):
+            # A request that borrows its app context, after its own teardown
+            # (a request_tearing_down receiver): in production this still runs
+            # in the request's app context, so it gets the app context's.
+            namespace, scope = ctx.g.__dict__, ctx
+            lease = namespace.get(_LEASE)
+            entry: tuple[GiveBack, connection] | None = lease.conns.get(bind) if lease is not None else None
+            if entry is not None and not entry[1].closed:
+                return entry[1]
         if lease is None or not lease.open:
-            ended_at = namespace.get(_ENDED_AT)
-            if ended_at is not None and ended_at is compat.push_marker(scope):
+            if _ended_in_this_push(namespace, scope):
                 raise RuntimeError(
                     "get_db() was called after flask-pgpool gave this app context's connections back "
                     "(from an appcontext_tearing_down receiver, or later): use a teardown_appcontext "
@@ -161,11 +176,11 @@ class PgPool:
                 # get_db() pay nothing for it.
                 after_this_request(lease.hold_if_streamed)
         else:
-            entry = lease.conns.pop(bind, None)
-            if entry is not None:
+            closed = lease.conns.pop(bind, None)
+            if closed is not None:
                 # The view closed it: give the slot back and check out another.
                 try:
-                    entry[0](entry[1])
+                    closed[0](closed[1])
                 except Exception:
                     # Already given back by the view itself: nothing left to free.
                     _log.warning("flask-pgpool: the closed %r connection was not checked out any more", bind)
@@ -183,13 +198,7 @@ class PgPool:
 
     def get_pool(self, name: str | None = None, app: Flask | None = None) -> ConnectionPool:
         """The pool of ``app`` (default: the current app) for bind ``name``."""
-        state = self._state(app)
-        bind = name or DEFAULT_BIND
-        try:
-            return state.pools[bind]
-        except KeyError:
-            known = ", ".join(repr(b) for b in state.pools)
-            raise KeyError(f"no database bind {bind!r}: PGPOOL_BINDS defines {known}") from None
+        return self._state(app).pool(name or DEFAULT_BIND)
 
     def get_pools(self, app: Flask | None = None) -> dict[str, ConnectionPool]:
         """All pools of ``app`` (default: the current app), by bind name."""
@@ -276,6 +285,12 @@ def _current_lease(app: Flask) -> Lease | None:
     return lease
 
 
+def _ended_in_this_push(namespace: dict[str, Any], scope: Any) -> bool:
+    """Whether flask-pgpool's teardown already ran for this push of ``scope``."""
+    ended_at = namespace.get(_ENDED_AT)
+    return ended_at is not None and ended_at is compat.push_marker(scope)
+
+
 def _scope(ctx: AppContext) -> tuple[dict[str, Any], Any]:
     """Where the current request's (or app context's) lease lives, and the context it ends with.
 
@@ -353,11 +368,18 @@ def _end_app_context(exc: BaseException | None) -> None:
 def _end_borrowing_request(exc: BaseException | None) -> None:
     """teardown_request: give back what a request that borrowed its app context checked out. Never raises."""
     ctx = compat.app_context()
-    if ctx is None:
+    request = compat.request_context()
+    if ctx is None or request is None:
         return
-    namespace, scope = _scope(ctx)
-    if scope is not ctx:
-        _end(namespace, scope, exc)
+    known = request.__dict__.get(_SCOPE)
+    if known is not None and known[0] is ctx:
+        borrowed = known[2] is request
+    else:
+        # No get_db() in this request (yet): nothing to give back, but a late
+        # get_db() must not check out what nothing would give back.
+        borrowed = compat.borrowing_request(ctx) is request
+    if borrowed:
+        _end(request.__dict__, request, exc)
 
 
 def _end(namespace: dict[str, Any], scope: Any, exc: BaseException | None) -> None:

@@ -163,6 +163,28 @@ def test_get_db_in_a_request_tearing_down_receiver_uses_the_requests_connection(
     request_tearing_down.disconnect(receiver, app)
 
 
+def test_request_tearing_down_receiver_inside_a_context_the_test_holds(new_app: Callable[[], Flask]) -> None:
+    # The requests borrow the test's app context: the receiver, which runs after
+    # the request gave its connection back, gets the app context's, as it would
+    # in production, and that one goes back when the test's context ends.
+    app = new_app()
+    PgPool(app)
+
+    def receiver(sender: Flask, **extra: Any) -> None:
+        with get_db().cursor() as cur:
+            cur.execute("SELECT 1")
+
+    request_tearing_down.connect(receiver, app)
+    client = app.test_client()
+    with app.app_context():
+        for _ in range(4):
+            assert client.get("/db").status_code == 200
+        s = stats(app)
+        assert s["pool_size"] - s["pool_available"] == 1
+    assert all_idle(app)
+    request_tearing_down.disconnect(receiver, app)
+
+
 def test_an_app_context_pushed_again_gets_a_connection_again(new_app: Callable[[], Flask]) -> None:
     app = new_app()
     PgPool(app)
