@@ -170,7 +170,7 @@ class PgPool:
                     "(from an appcontext_tearing_down receiver, or later): use a teardown_appcontext "
                     "function instead, which runs while the request's connection is still there"
                 )
-            lease = namespace[_LEASE] = Lease(ctx)
+            lease = namespace[_LEASE] = Lease(ctx, ctx.g if scope is ctx else scope)
             if compat.request_context() is not None:
                 # Registered per request, so that requests that never call
                 # get_db() pay nothing for it.

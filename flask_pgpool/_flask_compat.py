@@ -8,6 +8,7 @@ one of these internals, only this module changes.
 from __future__ import annotations
 
 import contextvars
+import functools
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -36,9 +37,9 @@ _cv_request: contextvars.ContextVar[Any] | None = getattr(flask_globals, "_cv_re
 TeardownFunction = Callable[[BaseException | None], None]
 
 
-def app_context() -> AppContext | None:
-    """The current app context, or None."""
-    return _cv_app.get(None)
+#: The current app context, or None. A C-level callable: the check of every
+#: cursor() of a request's connection calls it (see _guard).
+app_context: Callable[[], AppContext | None] = functools.partial(_cv_app.get, None)
 
 
 def request_context() -> Any | None:

@@ -14,7 +14,9 @@ lets its own work through and frees the connections it hands out.
 
 from __future__ import annotations
 
+import sys
 import threading
+import weakref
 from collections.abc import Hashable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol
@@ -35,12 +37,31 @@ __all__ = [
     "guarded_factory",
 ]
 
-#: The ``ctx`` of a lease whose request has ended: it never matches a real context.
-ENDED: Any = object()
+
+class _Ended:
+    """What the ``ctx`` of a lease whose request has ended refers to: never a real context."""
+
+
+_ENDED_MARK = _Ended()
+#: The ``ctx`` of a lease whose request has ended (see _leases.Lease.ctx).
+ENDED: weakref.ref[Any] = weakref.ref(_ENDED_MARK)
 #: The lease whose streamed response is being sent in this thread.
 STREAMING: ContextVar[Any] = ContextVar("flask_pgpool_streaming", default=None)
-# Set while the pool itself works on a connection (health check, rollback on return).
-_POOL_AT_WORK: ContextVar[bool] = ContextVar("flask_pgpool_pool_at_work", default=False)
+# The modules of the Flask glue; every other flask_pgpool module is the pool's.
+_GLUE = frozenset(
+    f"flask_pgpool.{name}"
+    for name in (
+        "_cli",
+        "_extension",
+        "_flask_compat",
+        "_guard",
+        "_leases",
+        "_responses",
+        "_streaming",
+        "metrics",
+        "testing",
+    )
+)
 
 
 class StaleConnectionError(psycopg2.InterfaceError):
@@ -52,7 +73,8 @@ class StaleConnectionError(psycopg2.InterfaceError):
 
 
 class _Lease(Protocol):
-    ctx: Any
+    #: A weak reference to the app context the lease belongs to, or ENDED.
+    ctx: weakref.ref[Any]
 
 
 if TYPE_CHECKING:
@@ -69,28 +91,30 @@ class LeaseGuard(_Connection):
 
     def cursor(self, *args: Any, **kwargs: Any) -> Any:
         lease = self._pgpool_lease
-        if lease is not None and lease.ctx is not compat.app_context():
+        if lease is not None and lease.ctx() is not compat.app_context():
             _check(lease)
         return super().cursor(*args, **kwargs)
 
     def commit(self) -> None:
         lease = self._pgpool_lease
-        if lease is not None and lease.ctx is not compat.app_context():
+        if lease is not None and lease.ctx() is not compat.app_context():
             _check(lease)
         super().commit()
 
     def rollback(self) -> None:
         lease = self._pgpool_lease
-        if lease is not None and lease.ctx is not compat.app_context():
+        if lease is not None and lease.ctx() is not compat.app_context():
             _check(lease)
         super().rollback()
 
 
 def _check(lease: _Lease) -> None:
     """Raise unless the caller may use a connection of ``lease``; the caller is not in its app context."""
-    if _POOL_AT_WORK.get() or STREAMING.get() is lease:
+    if STREAMING.get() is lease:
         return
     if lease.ctx is ENDED:
+        if _called_by_the_pool():
+            return  # its health check of an idle connection, say
         raise StaleConnectionError(
             "this connection was given back to the pool when its request ended; it may already be "
             "another request's. Call get_db() in the request (or app context) that uses it, and keep "
@@ -99,12 +123,25 @@ def _check(lease: _Lease) -> None:
     current = compat.app_context()
     if current is None:
         return  # a thread of the request, or the generator of its streamed response
-    if any(ctx is lease.ctx for ctx in compat.enclosing_app_contexts(current)):
+    owner = lease.ctx()
+    if any(ctx is owner for ctx in compat.enclosing_app_contexts(current)):
         return  # an app context pushed inside the request
     raise StaleConnectionError(
         "this connection belongs to another request (app context): call get_db() in the request "
         "that uses it instead of sharing a connection kept from another one"
     )
+
+
+def _called_by_the_pool() -> bool:
+    """Whether the code that called the guarded method is the pool's own.
+
+    Looked up only when a connection whose lease ended is used, so that the
+    pool's work on an idle connection costs nothing on the request path.
+    """
+    # 0: this function, 1: _check, 2: the guarded method, 3: its caller.
+    caller = sys._getframe(3)
+    module = str(caller.f_globals.get("__name__", ""))
+    return module.startswith("flask_pgpool.") and module not in _GLUE
 
 
 _factories: dict[type, type] = {}
@@ -133,49 +170,26 @@ def guarded_factory(base: Any) -> type | None:
 
 
 def check_out(pool: ConnectionPool) -> connection:
-    """Check out for a request: the pool may health-check a connection whose last lease ended.
+    """Check out for a request.
 
     The base class's getconn(), not LeasingPool's: the request's lease takes
     the connection over at once, so there is no old lease to clear.
     """
-    token = _POOL_AT_WORK.set(True)
-    try:
-        return ConnectionPool.getconn(pool)
-    finally:
-        _POOL_AT_WORK.reset(token)
+    return ConnectionPool.getconn(pool)
 
 
 class LeasingPool(ConnectionPool):
     """The pool of an app whose connections are guarded.
 
     An idle connection keeps the ended lease of the last request that had
-    it, so that a reference kept from that request fails. The pool's own work
-    on it (health check, rollback on return, :meth:`check`) is let through,
-    and a checkout frees it of that lease, for :func:`get_db` and for
-    ``getconn()`` callers alike.
+    it, so that a reference kept from that request fails; the pool's own work
+    on it (health check, rollback on return, :meth:`check`) is let through.
+    A checkout by ``getconn()`` frees the connection of that lease.
     """
 
     def getconn(self, key: Hashable | None = None, timeout: float | None = None) -> connection:
-        token = _POOL_AT_WORK.set(True)
-        try:
-            conn = super().getconn(key, timeout)
-        finally:
-            _POOL_AT_WORK.reset(token)
+        conn = super().getconn(key, timeout)
         lease = getattr(conn, "_pgpool_lease", None)
         if lease is not None and lease.ctx is ENDED:
             conn._pgpool_lease = None  # type: ignore[attr-defined]
         return conn
-
-    def putconn(self, conn: connection | None = None, key: Hashable | None = None, close: bool = False) -> None:
-        token = _POOL_AT_WORK.set(True)
-        try:
-            super().putconn(conn, key, close)
-        finally:
-            _POOL_AT_WORK.reset(token)
-
-    def check(self) -> None:
-        token = _POOL_AT_WORK.set(True)
-        try:
-            super().check()
-        finally:
-            _POOL_AT_WORK.reset(token)

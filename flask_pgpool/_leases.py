@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import types
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -29,17 +30,37 @@ _log = logging.getLogger("flask_pgpool")
 GiveBack = Callable[[connection], None]
 
 
+# Weak references to the objects that hold open leases (see Lease.__init__).
+_holders: set[weakref.ref[Any]] = set()
+
+
 class Lease:
     """The connections one request (or app context) checked out, while it may use them."""
 
-    __slots__ = ("conns", "ctx", "release")
+    __slots__ = ("_holder", "conns", "ctx", "release")
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: Any, holder: Any) -> None:
         self.conns: dict[str, tuple[GiveBack, connection]] = {}
         #: The app context it belongs to; ENDED once the connections are given back.
-        self.ctx: Any = ctx
+        #: Weak: the app context holds the lease, and must be freed without it.
+        self.ctx: weakref.ref[Any] = weakref.ref(ctx)
         #: Set while a streamed response holds the connections: call it to give them back.
         self.release: Any = None
+        # ``holder`` (g, or a request context) keeps this lease until the
+        # teardown ends it. On Flask < 3.2 a teardown function that raises
+        # stops Flask from running the later ones, flask-pgpool's included:
+        # then the connections go back when the holder is freed.
+        self._holder: weakref.ref[Any] | None = weakref.ref(holder, self._holder_freed)
+        _holders.add(self._holder)
+
+    def _holder_freed(self, ref: weakref.ref[Any]) -> None:
+        _holders.discard(ref)
+        if self.conns and self.release is None and self.ctx is not ENDED:
+            _log.warning(
+                "flask-pgpool: a request's connections were given back only when its app context was freed; "
+                "did a teardown function raise? (before Flask 3.2 that stops the other teardown functions)"
+            )
+            self.end()
 
     @property
     def open(self) -> bool:
@@ -81,6 +102,9 @@ class Lease:
         finally:
             self.ctx = ENDED
             self.release = None
+            if self._holder is not None:
+                _holders.discard(self._holder)
+                self._holder = None
 
     def hold_if_streamed(self, response: Response) -> Response:
         """An after-this-request hook: keep the connections until a streamed body has been sent.

@@ -8,6 +8,7 @@ connection went back gets a clear error instead of a connection of its own.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -183,6 +184,28 @@ def test_request_tearing_down_receiver_inside_a_context_the_test_holds(new_app: 
         assert s["pool_size"] - s["pool_available"] == 1
     assert all_idle(app)
     request_tearing_down.disconnect(receiver, app)
+
+
+def test_a_teardown_function_that_raises_does_not_lose_the_connection(
+    new_app: Callable[[], Flask], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Before Flask 3.2, a teardown function that raises stops Flask from running
+    # the others, flask-pgpool's included: the connection goes back when the
+    # request's app context is freed.
+    app = new_app()
+    PgPool(app)
+
+    @app.teardown_appcontext
+    def broken(exc: BaseException | None) -> None:
+        raise RuntimeError("teardown failed")
+
+    client = app.test_client()
+    for _ in range(3):  # more than maxconn=2
+        with pytest.raises(RuntimeError, match="teardown failed"):
+            client.get("/db")
+        gc.collect()
+        assert all_idle(app)
+    assert stats(app)["requests_errors"] == 0
 
 
 def test_an_app_context_pushed_again_gets_a_connection_again(new_app: Callable[[], Flask]) -> None:
