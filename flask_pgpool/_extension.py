@@ -23,7 +23,7 @@ from . import _flask_compat as compat
 from ._config import DEFAULT_BIND, PoolSettings, check_options, read_settings
 from ._embedded import embedded_dsn
 from ._errors import PgPoolError
-from ._guard import LeasingPool, check_out, guarded_factory
+from ._guard import ENDED, LeasingPool, check_out, guarded_factory
 from ._leases import GiveBack, Lease
 from ._pool import ConnectionPool
 from ._responses import service_unavailable
@@ -65,6 +65,8 @@ class _AppState:
     pools: dict[str, ConnectionPool]
     settings: dict[str, PoolSettings]
     lender: Lender | None = None
+    #: Whether _end_borrowing_request is registered (at the first request that borrows).
+    ends_borrowing_requests: bool = False
     #: By bind: how a request gives its connection back. The base class's
     #: putconn(): LeasingPool's only serves other callers (see _guard).
     give_back: dict[str, GiveBack] = field(init=False)
@@ -114,7 +116,6 @@ class PgPool:
         # Last, so that the app's own teardown functions, whenever registered,
         # still find the request's connection (to commit, say).
         compat.run_last_at_app_teardown(app, _end_app_context)
-        compat.run_last_at_request_teardown(app, _end_borrowing_request)
         # The app's own handler, registered before or after us, takes precedence.
         if not compat.has_app_error_handler(app, PgPoolError):
 
@@ -154,17 +155,15 @@ class PgPool:
     ) -> connection:
         state = self._state(ctx.app)
         pool = state.pool(bind)
-        if (lease is None or not lease.open) and scope is not ctx and _ended_in_this_push(namespace, scope):
-            # A request that borrows its app context, after its own teardown
-            # (a request_tearing_down receiver): in production this still runs
-            # in the request's app context, so it gets the app context's.
-            namespace, scope = ctx.g.__dict__, ctx
-            lease = namespace.get(_LEASE)
-            entry: tuple[GiveBack, connection] | None = lease.conns.get(bind) if lease is not None else None
-            if entry is not None and not entry[1].closed:
-                return entry[1]
-        if lease is None or not lease.open:
-            if _ended_in_this_push(namespace, scope):
+        if lease is None or lease.ctx is ENDED:
+            ended_at = namespace.get(_ENDED_AT)
+            if ended_at is not None and ended_at is compat.push_marker(scope):
+                if scope is not ctx:
+                    # A request that borrows its app context, after its own
+                    # teardown (a request_tearing_down receiver): in production
+                    # this still runs in the request's app context, so it gets
+                    # the app context's connection.
+                    return self._get_db_in_app_context(ctx, bind)
                 raise RuntimeError(
                     "get_db() was called after flask-pgpool gave this app context's connections back "
                     "(from an appcontext_tearing_down receiver, or later): use a teardown_appcontext "
@@ -195,6 +194,14 @@ class PgPool:
             conn = pool.getconn()
             lease.add(bind, state.give_back[bind], conn, guarded=False)
         return conn
+
+    def _get_db_in_app_context(self, ctx: AppContext, bind: str) -> connection:
+        namespace = ctx.g.__dict__
+        lease: Lease | None = namespace.get(_LEASE)
+        entry = lease.conns.get(bind) if lease is not None else None
+        if entry is not None and not entry[1].closed:
+            return entry[1]
+        return self._check_out(ctx, namespace, ctx, lease, bind)
 
     def get_pool(self, name: str | None = None, app: Flask | None = None) -> ConnectionPool:
         """The pool of ``app`` (default: the current app) for bind ``name``."""
@@ -285,12 +292,6 @@ def _current_lease(app: Flask) -> Lease | None:
     return lease
 
 
-def _ended_in_this_push(namespace: dict[str, Any], scope: Any) -> bool:
-    """Whether flask-pgpool's teardown already ran for this push of ``scope``."""
-    ended_at = namespace.get(_ENDED_AT)
-    return ended_at is not None and ended_at is compat.push_marker(scope)
-
-
 def _scope(ctx: AppContext) -> tuple[dict[str, Any], Any]:
     """Where the current request's (or app context's) lease lives, and the context it ends with.
 
@@ -304,10 +305,24 @@ def _scope(ctx: AppContext) -> tuple[dict[str, Any], Any]:
         return known[1], known[2]
     if compat.borrowing_request(ctx) is request:
         found: tuple[dict[str, Any], Any] = (request.__dict__, request)
+        _end_borrowing_requests(ctx.app)
     else:
         found = (ctx.g.__dict__, ctx)
     request.__dict__[_SCOPE] = (ctx, *found)
     return found
+
+
+def _end_borrowing_requests(app: Flask) -> None:
+    """Make sure requests that borrow their app context end as requests (see _end_borrowing_request).
+
+    Registered when the first one checks out, not in init_app: an extra
+    teardown_request function costs every request of the app about 1%, and
+    only tests run requests inside an app context they did not push.
+    """
+    state = app.extensions.get(_STATE)
+    if isinstance(state, _AppState) and not state.ends_borrowing_requests:
+        state.ends_borrowing_requests = True
+        compat.run_last_at_request_teardown(app, _end_borrowing_request)
 
 
 def _make_pool(app: Flask, name: str, settings: PoolSettings) -> ConnectionPool:

@@ -106,5 +106,10 @@ def run_last_at_app_teardown(app: Flask, func: TeardownFunction) -> None:
 
 
 def run_last_at_request_teardown(app: Flask, func: TeardownFunction) -> None:
-    """Register ``func`` to run after the app's other teardown_request functions (see above)."""
-    app.teardown_request_funcs.setdefault(None, []).insert(0, func)
+    """Register ``func`` to run after the app's other teardown_request functions (see above).
+
+    Also after the app has handled requests, which Flask's decorator refuses:
+    the list is replaced, not changed, so that a teardown running meanwhile
+    (in this thread or another) goes through the list it started with.
+    """
+    app.teardown_request_funcs[None] = [func, *app.teardown_request_funcs.get(None, [])]

@@ -186,6 +186,28 @@ def test_request_tearing_down_receiver_inside_a_context_the_test_holds(new_app: 
     request_tearing_down.disconnect(receiver, app)
 
 
+def test_teardown_request_using_get_db_in_requests_inside_a_context_the_test_holds(
+    new_app: Callable[[], Flask],
+) -> None:
+    app = new_app()
+    PgPool(app)
+    seen: list[int] = []
+
+    @app.teardown_request
+    def uses_the_database(exc: BaseException | None) -> None:
+        with get_db().cursor() as cur:
+            cur.execute("SELECT 1")
+            seen.append(fetch_value(cur))
+
+    client = app.test_client()
+    with app.app_context():
+        for _ in range(4):  # more than maxconn=2
+            assert client.get("/nodb").status_code == 200
+            gc.collect()
+            assert all_idle(app)
+    assert seen == [1] * 4
+
+
 def test_a_teardown_function_that_raises_does_not_lose_the_connection(
     new_app: Callable[[], Flask], caplog: pytest.LogCaptureFixture
 ) -> None:
