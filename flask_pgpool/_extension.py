@@ -23,7 +23,7 @@ from . import _flask_compat as compat
 from ._config import DEFAULT_BIND, PoolSettings, check_options, read_settings
 from ._embedded import embedded_dsn
 from ._errors import PgPoolError
-from ._guard import ENDED, LeasingPool, check_out, guarded_factory
+from ._guard import ENDED, LeasingPool, guarded_factory
 from ._leases import GiveBack, Lease
 from ._pool import ConnectionPool
 from ._responses import service_unavailable
@@ -67,12 +67,20 @@ class _AppState:
     lender: Lender | None = None
     #: Whether _end_borrowing_request is registered (at the first request that borrows).
     ends_borrowing_requests: bool = False
-    #: By bind: how a request gives its connection back. The base class's
-    #: putconn(): LeasingPool's only serves other callers (see _guard).
-    give_back: dict[str, GiveBack] = field(init=False)
+    #: By bind: how a request checks out, and gives back, and whether its
+    #: connections are guarded (see _guard). The base class's getconn() and
+    #: putconn(): LeasingPool's only serve other callers.
+    sources: dict[str, tuple[Callable[[], connection], GiveBack, bool]] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.give_back = {bind: types.MethodType(ConnectionPool.putconn, pool) for bind, pool in self.pools.items()}
+        self.sources = {
+            bind: (
+                types.MethodType(ConnectionPool.getconn, pool),
+                types.MethodType(ConnectionPool.putconn, pool),
+                isinstance(pool, LeasingPool),
+            )
+            for bind, pool in self.pools.items()
+        }
 
     def pool(self, bind: str) -> ConnectionPool:
         try:
@@ -153,8 +161,14 @@ class PgPool:
     def _check_out(
         self, ctx: AppContext, namespace: dict[str, Any], scope: Any, lease: Lease | None, bind: str
     ) -> connection:
-        state = self._state(ctx.app)
-        pool = state.pool(bind)
+        state = ctx.app.extensions.get(_STATE)
+        if not isinstance(state, _AppState) or state.owner is not self:
+            state = self._state(ctx.app)  # raises, saying what to do
+        try:
+            take, give_back, guarded = state.sources[bind]
+        except KeyError:
+            state.pool(bind)  # raises, naming the binds there are
+            raise
         if lease is None or lease.ctx is ENDED:
             ended_at = namespace.get(_ENDED_AT)
             if ended_at is not None and ended_at is compat.push_marker(scope):
@@ -187,12 +201,9 @@ class PgPool:
         if lender is not None:
             conn = lender.lend(bind)
             lease.add(bind, lender.putconn, conn, guarded=False)
-        elif isinstance(pool, LeasingPool):
-            conn = check_out(pool)
-            lease.add(bind, state.give_back[bind], conn, guarded=True)
         else:
-            conn = pool.getconn()
-            lease.add(bind, state.give_back[bind], conn, guarded=False)
+            conn = take()
+            lease.add(bind, give_back, conn, guarded)
         return conn
 
     def _get_db_in_app_context(self, ctx: AppContext, bind: str) -> connection:
@@ -400,8 +411,7 @@ def _end_borrowing_request(exc: BaseException | None) -> None:
 def _end(namespace: dict[str, Any], scope: Any, exc: BaseException | None) -> None:
     lease: Lease | None = namespace.get(_LEASE)
     if lease is not None:
-        lease.finish(exc)
-        if lease.held:
+        if lease.finish(exc):
             # The streamed body gives it back; stream_with_context may push
             # this context again meanwhile, and get_db() must find it there.
             return

@@ -33,7 +33,6 @@ __all__ = [
     "LeaseGuard",
     "LeasingPool",
     "StaleConnectionError",
-    "check_out",
     "guarded_factory",
 ]
 
@@ -167,15 +166,6 @@ def guarded_factory(base: Any) -> type | None:
             guarded = type(base.__name__, (LeaseGuard, base), {"__module__": __name__})
             _factories[base] = guarded
     return guarded
-
-
-def check_out(pool: ConnectionPool) -> connection:
-    """Check out for a request.
-
-    The base class's getconn(), not LeasingPool's: the request's lease takes
-    the connection over at once, so there is no old lease to clear.
-    """
-    return ConnectionPool.getconn(pool)
 
 
 class LeasingPool(ConnectionPool):

@@ -76,24 +76,26 @@ class Lease:
         if guarded:
             conn._pgpool_lease = self  # type: ignore[attr-defined]
 
-    def finish(self, exc: BaseException | None) -> None:
+    def finish(self, exc: BaseException | None) -> bool:
         """The request's teardown: give the connections back, unless a response that will be sent holds them.
 
         An exception here means that the response carrying the streamed body
         (if any) will not be sent: a hook or a ``request_finished`` receiver
-        failed after the body was wrapped. Never raises.
+        failed after the body was wrapped. Returns whether a streamed response
+        still holds them. Never raises.
         """
         if self.release is None:
             self.end()
-        elif exc is not None:
+            return False
+        if exc is not None:
             self.release()
+        return self.held
 
     def end(self) -> None:
         """Give every connection back; they refuse to work for whoever kept them. Never raises."""
-        items = list(self.conns.items())
-        self.conns.clear()
+        conns, self.conns = self.conns, {}
         try:
-            for bind, (give_back, conn) in items:
+            for bind, (give_back, conn) in conns.items():
                 try:
                     give_back(conn)
                 except Exception:

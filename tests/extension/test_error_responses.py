@@ -80,6 +80,19 @@ def test_the_apps_503_handler_wins_over_json(busy_app: Callable[..., Flask]) -> 
     assert (response.status_code, response.text) == (503, "ours")
 
 
+def test_the_apps_http_exception_handler_wins_over_json(busy_app: Callable[..., Flask]) -> None:
+    from werkzeug.exceptions import HTTPException
+
+    app = busy_app()
+
+    @app.errorhandler(HTTPException)
+    def any_http_error(error: HTTPException) -> tuple[dict[str, Any], int]:
+        return {"status": error.code}, error.code or 500
+
+    response = app.test_client().get("/db", headers={"Accept": JSON})
+    assert (response.status_code, response.json) == (503, {"status": 503})
+
+
 def test_the_apps_pgpoolerror_handler_wins_over_json(busy_app: Callable[..., Flask]) -> None:
     app = busy_app()
 
