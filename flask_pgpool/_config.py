@@ -37,7 +37,8 @@ class PgPoolConfigWarning(UserWarning):
 class PoolSettings:
     """The validated settings of one pool."""
 
-    dsn: str | None = None
+    # A callable is called for every new connection (rotating passwords, IAM tokens).
+    dsn: str | Callable[[], str] | None = None
     minconn: int = 1
     maxconn: int = 10
     timeout: float = 10.0
@@ -48,7 +49,7 @@ class PoolSettings:
     ping_after: float | None = 30.0
     leak_timeout: float | None = None
     connect_timeout: int = 5
-    connect_args: Mapping[str, Any] = field(default_factory=dict)
+    connect_args: Mapping[str, Any] | Callable[[], Mapping[str, Any]] = field(default_factory=dict)
     read_only: bool = False
     configure: Callable[..., None] | None = None
     retry_after: int = 1
@@ -57,9 +58,10 @@ class PoolSettings:
     def __repr__(self) -> str:
         # The DSN and the connect arguments may hold a password.
         shown = {f.name: getattr(self, f.name) for f in fields(self)}
-        if self.dsn is not None:
+        if isinstance(self.dsn, str):
             shown["dsn"] = dsnlib.mask_dsn(self.dsn)
-        shown["connect_args"] = dsnlib.mask_args(self.connect_args)
+        if isinstance(self.connect_args, Mapping):
+            shown["connect_args"] = dsnlib.mask_args(self.connect_args)
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
 
@@ -124,14 +126,19 @@ def _bool(key: str, value: Any) -> bool:
     return value
 
 
-def _dsn(key: str, value: Any) -> str | None:
+def _dsn(key: str, value: Any) -> str | Callable[[], str] | None:
     # A blank DSN is almost always an unset environment variable, not a wish
     # for libpq's defaults: treat it as not set.
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
+    if callable(value):
+        return value  # type: ignore[no-any-return]
     if not isinstance(value, str):
         kind = type(value).__name__
-        raise ConfigError(f"{key} must be a libpq connection string or a postgresql:// URL, got a {kind}")
+        raise ConfigError(
+            f"{key} must be a libpq connection string or a postgresql:// URL (or a function "
+            f"returning one for each new connection), got a {kind}"
+        )
     try:
         dsnlib.parse(value)
     except dsnlib.InvalidDSN as exc:
@@ -139,11 +146,16 @@ def _dsn(key: str, value: Any) -> str | None:
     return value
 
 
-def _mapping(key: str, value: Any) -> Mapping[str, Any]:
+def _mapping(key: str, value: Any) -> Mapping[str, Any] | Callable[[], Mapping[str, Any]]:
     if value is None:
         return {}
+    if callable(value):
+        return value  # type: ignore[no-any-return]
     if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-        raise ConfigError(f"{key} must be a dict of psycopg2.connect() keyword arguments, got {type(value).__name__}")
+        raise ConfigError(
+            f"{key} must be a dict of psycopg2.connect() keyword arguments (or a function returning "
+            f"one for each new connection), got {type(value).__name__}"
+        )
     return dict(value)
 
 
@@ -225,7 +237,7 @@ def read_settings(config: Mapping[str, Any], options: Mapping[str, Any]) -> dict
 
 def _bind_settings(bind: str, spec: Any, default: PoolSettings) -> PoolSettings:
     where = f"PGPOOL_BINDS[{bind!r}]"
-    if isinstance(spec, str):
+    if isinstance(spec, str) or callable(spec):
         spec = {"dsn": spec}
     if not isinstance(spec, Mapping):
         raise ConfigError(f"{where} must be a DSN string or a dict of options such as {{'dsn': ..., 'maxconn': 5}}")

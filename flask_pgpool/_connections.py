@@ -26,6 +26,10 @@ class Slot:
     session: tuple[Any, ...]
     poller: select.poll  # watches the socket for the health check
     checked_out: float = 0.0
+    # Failover (see _failover): opened on a server that took writes, and when
+    # that was last known to hold (opened, or verified).
+    on_primary: bool = False
+    verified_at: float = 0.0
     stack: traceback.StackSummary | None = None
     leak_reported: bool = False
 

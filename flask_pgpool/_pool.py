@@ -26,7 +26,7 @@ import threading
 import time
 import traceback
 import weakref
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -41,7 +41,9 @@ from psycopg2.pool import PoolError, ThreadedConnectionPool
 
 from . import _dsn as dsnlib
 from ._connections import Slot, close_quietly, restore_session, session_of
+from ._credentials import ArgsSource, ConnectParams, DsnSource
 from ._errors import PoolClosed, PoolTimeout, TooManyRequests
+from ._failover import FailoverGuard
 from ._health import SocketState, bounded, ping, poller_for, socket_state
 
 __all__ = ["STATS_KEYS", "ConnectionPool"]
@@ -120,7 +122,7 @@ class ConnectionPool(ThreadedConnectionPool):
         self,
         minconn: int = 1,
         maxconn: int = 10,
-        dsn: str | Callable[[], str] = "",
+        dsn: DsnSource = "",
         *,
         name: str = "default",
         timeout: float = 10.0,
@@ -133,7 +135,7 @@ class ConnectionPool(ThreadedConnectionPool):
         connect_timeout: int = _DEFAULT_CONNECT_TIMEOUT,
         read_only: bool = False,
         configure: Callable[[connection], None] | None = None,
-        connect_args: Mapping[str, Any] | None = None,
+        connect_args: ArgsSource = None,
     ) -> None:
         _check_sizes(minconn, maxconn)
         # The parent opens ``minconn`` connections at once; ours opens none
@@ -150,17 +152,14 @@ class ConnectionPool(ThreadedConnectionPool):
         self.leak_timeout = leak_timeout
         self.read_only = read_only
         self.configure = configure
-        self._dsn_source = dsn
-        self._dsn: str | None = dsn if isinstance(dsn, str) else None
-        self._dsn_lock = threading.Lock()
-        self._connect_args = dict(connect_args or {})
         self._connect_timeout = connect_timeout
-        self._secrets: list[str] = []
+        # A callable DSN or connect_args is called for every new connection.
+        self._params = ConnectParams(name, dsn, connect_args, connect_timeout)
+        self._failover = FailoverGuard(name, enabled=not read_only)
+        # Connections whose connect began before this moment are retired (drain()).
+        self._drained_at = float("-inf")
         # Kept across fork: an observer (e.g. metrics) follows the pool into workers.
         self._observers: list[Callable[[str, float], None]] = []
-        self._connect_kwargs: dict[str, Any] | None = None
-        if self._dsn is not None:
-            self._secrets = dsnlib.secrets_of(self._dsn, self._connect_args)
         self._reset_process_state()
         _pools.add(self)
 
@@ -378,21 +377,53 @@ class ConnectionPool(ThreadedConnectionPool):
 
     def redact(self, text: str) -> str:
         """``text`` with this pool's password masked: use it on anything you show."""
-        return dsnlib.redact(text, self._secrets)
+        return dsnlib.redact(text, self._params.secrets)
 
     @property
     def dsn(self) -> str:
-        """The connection string with its password masked."""
-        if self._dsn is None:
+        """The connection string with its password masked (the last one used, if it is a callable)."""
+        dsn = self._params.last_dsn
+        if dsn is None:
             return "<not resolved yet>"
-        return dsnlib.mask_dsn(self._dsn)
+        return dsnlib.mask_dsn(dsn)
 
     def connection_string(self) -> str:
-        """The real connection string (resolved on first call). Keep it secret."""
-        return self._resolve_dsn()
+        """The real connection string (a callable is called). Keep it secret."""
+        return self._params.resolve()[0]
+
+    def drain(self) -> None:
+        """Replace every connection: idle ones are closed now and new ones opened
+        in their place; those in use are closed when they are returned.
+
+        New connections get the credentials of the moment (a callable DSN or
+        ``connect_args`` is called for each). No checkout fails because of it: it
+        waits for a new connection as it would for a returned one. Returns at
+        once; it takes the pool's lock, so call it from a thread, not from a
+        signal handler.
+        """
+        with self._locked():
+            if self.closed:
+                return
+            now = time.monotonic()
+            self._drained_at = now
+            for slot in self._slots.values():
+                slot.expires = min(slot.expires, now)
+            idle = list(self._pool)
+            self._pool.clear()
+            for conn in idle:
+                self._slots.pop(id(conn), None)
+            # As many new ones as were idle (a failing server gets one attempt at a time).
+            replace = 0 if self._backoff else min(len(idle), self.maxconn - self._size())
+            self._opening += replace
+            spawn = replace + self._grow()
+        self._spawn(spawn)
+        for conn in idle:
+            self._close(conn)
+        _log.info("pool %r: drained; %d idle connection(s) closed, others close when returned", self.name, len(idle))
 
     def __repr__(self) -> str:
-        where = dsnlib.describe(self._dsn) if self._dsn is not None else "not resolved yet"
+        dsn = self._params.last_dsn
+        where = dsnlib.describe(dsn) if dsn is not None else "not resolved yet"
         return (
             f"<{type(self).__name__} {self.name!r} {where} "
             f"size={self._size()}/{self.maxconn} idle={len(self._pool)} "
@@ -610,13 +641,15 @@ class ConnectionPool(ThreadedConnectionPool):
         now = time.monotonic()
         if now >= slot.expires:
             return False
+        # Opened before a failover was detected: a ping says where it points.
+        suspect = slot.verified_at < self._failover.suspect_before
         if conn.closed or conn.get_transaction_status() != TRANSACTION_STATUS_IDLE:
             alive = False
-        elif not self.health_check:
+        elif not self.health_check and not suspect:
             return True
         else:
             state = socket_state(conn, slot.poller)
-            needs_ping = state is SocketState.UNSURE or slot.last_used <= self._suspect_before
+            needs_ping = suspect or state is SocketState.UNSURE or slot.last_used <= self._suspect_before
             if self.ping_after is not None and now - slot.last_used >= self.ping_after:
                 needs_ping = True
             alive = state is not SocketState.DEAD
@@ -624,6 +657,8 @@ class ConnectionPool(ThreadedConnectionPool):
                 # Half the time left at most, so that a silent network leaves
                 # time to open another connection.
                 alive = ping(conn, min(self._ping_timeout(), max((deadline - now) / 2, 0.05)))
+                if alive and not self._failover.pinged(conn, slot):
+                    return False
         if not alive:
             with self._lock:
                 self._stats["connections_lost"] += 1
@@ -649,11 +684,13 @@ class ConnectionPool(ThreadedConnectionPool):
         jitter = 1.0 - random.uniform(0.0, _LIFETIME_JITTER)
         slot = Slot(
             conn=conn,
-            expires=now + self.max_lifetime * jitter,
+            # Begun before a drain(): maybe with the old credentials; used once at most.
+            expires=now + self.max_lifetime * jitter if started >= self._drained_at else now,
             last_used=now,
             session=session_of(conn),
             poller=poller_for(conn),
         )
+        self._failover.opened(conn, slot, started)
         # Before the connection is handed over, so observers see its connect
         # before its checkout.
         _log.debug("pool %r: opened a connection in %.0f ms", self.name, (now - started) * 1000)
@@ -699,7 +736,7 @@ class ConnectionPool(ThreadedConnectionPool):
         return conn
 
     def _connect_failed(self, started: float, exc: BaseException) -> None:
-        message = dsnlib.redact(str(exc).strip() or type(exc).__name__, self._secrets)
+        message = dsnlib.redact(str(exc).strip() or type(exc).__name__, self._params.secrets)
         with self._lock:
             self._opening -= 1
             self._stats["connections_num"] += 1
@@ -715,27 +752,8 @@ class ConnectionPool(ThreadedConnectionPool):
         self._notify("connect_error", time.monotonic() - started)
 
     def _connect_params(self) -> tuple[str, dict[str, Any]]:
-        """The DSN (resolved on first use) and the arguments for psycopg2.connect."""
-        if self._dsn is None or self._connect_kwargs is None:
-            with self._dsn_lock:
-                if self._dsn is None:
-                    assert callable(self._dsn_source)
-                    resolved = self._dsn_source()
-                    self._secrets = dsnlib.secrets_of(resolved, self._connect_args)
-                    self._dsn = resolved
-                kwargs = dict(self._connect_args)
-                # A server that does not answer must fail the connect, not hang it.
-                if (
-                    self._connect_timeout
-                    and "connect_timeout" not in kwargs
-                    and "connect_timeout" not in dsnlib.parse(self._dsn)
-                ):
-                    kwargs["connect_timeout"] = self._connect_timeout
-                self._connect_kwargs = kwargs
-        return self._dsn, self._connect_kwargs
-
-    def _resolve_dsn(self) -> str:
-        return self._connect_params()[0]
+        """The DSN and the arguments for psycopg2.connect (a callable is called each time)."""
+        return self._params.resolve()
 
     # -- return ----------------------------------------------------------
 
@@ -754,13 +772,15 @@ class ConnectionPool(ThreadedConnectionPool):
                 raise psycopg2.OperationalError("the server closed the connection while it was checked out")
             if session_of(conn) != slot.session:
                 restore_session(conn, slot.session)
+            if not self._failover.returned(conn, slot, self._ping_timeout()):
+                return False
         except Exception as exc:
             with self._lock:
                 self._stats["returns_bad"] += 1
             _log.info(
                 "pool %r: discarded a connection returned broken: %s",
                 self.name,
-                dsnlib.redact(str(exc).strip(), self._secrets),
+                dsnlib.redact(str(exc).strip(), self._params.secrets),
             )
             return False
         return time.monotonic() < slot.expires
@@ -863,8 +883,9 @@ class ConnectionPool(ThreadedConnectionPool):
         never closed: closing them would end the parent's sessions (and psycopg2
         does not close a connection of another process when it is freed)."""
         self._lock = threading.Lock()
-        # Another thread of the parent may have held it at the fork.
-        self._dsn_lock = threading.Lock()
+        # Another thread of the parent may have held them at the fork.
+        self._params.after_fork()
+        self._failover.after_fork()
         self._pid = os.getpid()
         self._pool = []
         self._used = {}
