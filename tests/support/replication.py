@@ -142,13 +142,28 @@ class ReplicatedPair:
     # -- the moves of a failover ---------------------------------------------
 
     def fence(self, node: PgCluster) -> None:
-        """Make ``node`` refuse writes while it stays up with its sessions, as switchover tools do."""
+        """Make ``node`` refuse writes while it stays up with its sessions, as switchover tools do.
+
+        Returns once the server has taken the change in, and so has signalled
+        every session (each applies it before its next command).
+        """
         execute(node, "ALTER SYSTEM SET default_transaction_read_only = on")
         execute(node, "SELECT pg_reload_conf()")
+        self._wait_read_only(node, "on")
 
     def unfence(self, node: PgCluster) -> None:
         execute(node, "ALTER SYSTEM RESET default_transaction_read_only")
         execute(node, "SELECT pg_reload_conf()")
+        self._wait_read_only(node, "off")
+
+    def _wait_read_only(self, node: PgCluster, value: str, timeout: float = 10.0) -> None:
+        # pg_reload_conf() only signals the postmaster; it reloads, then signals the
+        # sessions. A new session shows when the postmaster has reloaded.
+        deadline = time.monotonic() + timeout
+        while scalar(node, "SHOW default_transaction_read_only") != value:
+            if time.monotonic() > deadline:
+                raise PgClusterError(f"default_transaction_read_only is not {value} after {timeout} s")
+            time.sleep(0.01)
 
     def rejoin(self, node: PgCluster, upstream: PgCluster, timeout: float = 60.0) -> None:
         """Start the stopped ``node`` again as a standby of ``upstream`` (rewound if it had diverged)."""
