@@ -26,7 +26,7 @@ import logging
 import threading
 import time
 
-from psycopg2.extensions import connection
+from psycopg2.extensions import TRANSACTION_STATUS_IDLE, connection
 
 from ._connections import Slot
 from ._health import bounded
@@ -43,10 +43,12 @@ class FailoverGuard:
     """One pool's view of where its server is. Thread-safe; never takes the pool's lock.
 
     ``enabled`` is False for a read-only pool, which may well point at a standby.
+    ``timeout`` bounds the round trip :meth:`returned` may make.
     """
 
-    def __init__(self, pool_name: str, enabled: bool) -> None:
+    def __init__(self, pool_name: str, enabled: bool, timeout: float) -> None:
         self.enabled = enabled
+        self._timeout = timeout  # bounds the round trip on return
         #: Connections last verified before this moment (monotonic) are checked before their next use.
         self.suspect_before = float("-inf")
         self._name = pool_name
@@ -84,17 +86,21 @@ class FailoverGuard:
         slot.verified_at = time.monotonic()
         return True
 
-    def returned(self, conn: connection, slot: Slot, timeout: float) -> bool:
+    def returned(self, conn: connection, slot: Slot, status: int) -> bool:
         """On return, outside the pool's lock: False if the connection's server went read-only.
 
-        Costs one client-side read for a connection opened on a writable
-        server; a round trip only when the server reports read-only.
+        ``status`` is the transaction status it was returned in. A transaction
+        committed in full (idle, not autocommit) is not looked at: it began
+        before any fence, and a later checkout finds out. Otherwise it costs
+        one client-side read; a round trip only when the server reports read-only.
         """
-        if not slot.on_primary or conn.get_parameter_status(_READ_ONLY) != "on":
+        if not slot.on_primary or (status == TRANSACTION_STATUS_IDLE and not conn.autocommit):
+            return True
+        if conn.get_parameter_status(_READ_ONLY) != "on":
             return True
         # Set in this session (SET ... or psycopg2's readonly in autocommit), or
         # fenced on the server? RESET answers with the server's value.
-        value = _reset_read_only(conn, timeout)
+        value = _reset_read_only(conn, self._timeout)
         if value == "on":
             self._count_discarded()
             self._failover(slot, "the server became read-only (default_transaction_read_only = on)")

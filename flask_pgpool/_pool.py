@@ -155,7 +155,7 @@ class ConnectionPool(ThreadedConnectionPool):
         self._connect_timeout = connect_timeout
         # A callable DSN or connect_args is called for every new connection.
         self._params = ConnectParams(name, dsn, connect_args, connect_timeout)
-        self._failover = FailoverGuard(name, enabled=not read_only)
+        self._failover = FailoverGuard(name, enabled=not read_only, timeout=self._ping_timeout())
         # Connections whose connect began before this moment are retired (drain()).
         self._drained_at = float("-inf")
         # Kept across fork: an observer (e.g. metrics) follows the pool into workers.
@@ -772,7 +772,7 @@ class ConnectionPool(ThreadedConnectionPool):
                 raise psycopg2.OperationalError("the server closed the connection while it was checked out")
             if session_of(conn) != slot.session:
                 restore_session(conn, slot.session)
-            if not self._failover.returned(conn, slot, self._ping_timeout()):
+            if not self._failover.returned(conn, slot, status):
                 return False
         except Exception as exc:
             with self._lock:

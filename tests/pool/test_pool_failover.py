@@ -63,6 +63,10 @@ def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "flask_pgpool" and r.levelno >= logging.WARNING]
 
 
+def autocommit(conn: connection) -> None:
+    conn.autocommit = True
+
+
 def open_idle(pool: object, count: int) -> list[int]:
     """Check out ``count`` connections at once, use and return them; their backend pids."""
     from flask_pgpool import ConnectionPool
@@ -77,11 +81,17 @@ def open_idle(pool: object, count: int) -> list[int]:
     return pids
 
 
+@pytest.mark.parametrize("in_autocommit", [False, True])
 def test_fenced_server_found_on_return_and_idle_connections_verified(
-    primary: ReplicatedPair, make_pool: PoolFactory, table: str, app_name: str, caplog: pytest.LogCaptureFixture
+    primary: ReplicatedPair,
+    make_pool: PoolFactory,
+    table: str,
+    app_name: str,
+    caplog: pytest.LogCaptureFixture,
+    in_autocommit: bool,
 ) -> None:
     caplog.set_level(logging.INFO, logger="flask_pgpool")
-    pool = make_pool(0, 3, timeout=2)
+    pool = make_pool(0, 3, timeout=2, configure=autocommit if in_autocommit else None)
     pids = open_idle(pool, 3)
     primary.fence(primary.nodes[0])
 
@@ -139,18 +149,17 @@ def test_healthy_pool_verifies_nothing(primary: ReplicatedPair, make_pool: PoolF
 def test_session_that_sets_read_only_itself_is_kept_and_reset(
     primary: ReplicatedPair, make_pool: PoolFactory, table: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    pool = make_pool(0, 1)
+    """In an autocommit pool, a view's own SET default_transaction_read_only is not a failover."""
+    pool = make_pool(0, 1, configure=autocommit)
     conn = pool.getconn()
     with conn.cursor() as cur:
         cur.execute("SET default_transaction_read_only = on")
-    conn.commit()
     pid = backend_pid(conn)
     pool.putconn(conn)
-    # Not a failover: the next user of the connection writes as usual.
+    # The next user of the connection writes as usual.
     conn = pool.getconn()
     assert backend_pid(conn) == pid
     query_one(conn, f"INSERT INTO {table} VALUES (3) RETURNING n")
-    conn.commit()
     pool.putconn(conn)
     assert warnings_of(caplog) == []
 
