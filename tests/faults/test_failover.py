@@ -17,9 +17,10 @@ from typing import Any
 
 import psycopg2
 import pytest
+from support.credentials import add_password_role, app_sessions, server_now, set_password
 from support.faults import pool_of
 from support.pgcluster import PgCluster, private_cluster
-from support.replication import ReplicatedPair, execute, replicated_pair, scalar
+from support.replication import ReplicatedPair, execute, replicated_pair
 from support.switchover import committed_tokens, fence_and_promote, stop_and_promote, warm_up
 from support.writeload import Figures, Load, create_table, load_app, successes_since
 
@@ -131,27 +132,10 @@ def test_fenced_while_idle_no_request_fails(pair: ReplicatedPair, table: str, ap
 # -- rotating credentials ----------------------------------------------------------
 
 
-ROLE = "rotating_app"
-
-
 @pytest.fixture(scope="module")
 def password_cluster() -> Iterator[PgCluster]:
-    """A private cluster where ROLE must give its password (the admin role keeps trust)."""
     with private_cluster("rotation") as pg:
-        hba = pg.data_dir / "pg_hba.conf"
-        rules = f"host all {ROLE} 127.0.0.1/32 scram-sha-256\nhost all {ROLE}_md5 127.0.0.1/32 md5\n"
-        hba.write_text(rules + hba.read_text())
-        execute(pg, "SELECT pg_reload_conf()")
         yield pg
-
-
-def _make_role(pg: PgCluster, role: str, password: str, method: str) -> None:
-    execute(pg, f"SET password_encryption = '{method}'; CREATE ROLE {role} LOGIN PASSWORD %s", (password,))
-    execute(pg, f"GRANT ALL ON SCHEMA public TO {role}")
-
-
-def _set_password(pg: PgCluster, role: str, password: str, method: str) -> None:
-    execute(pg, f"SET password_encryption = '{method}'; ALTER ROLE {role} PASSWORD %s", (password,))
 
 
 @pytest.mark.parametrize(
@@ -161,10 +145,12 @@ def _set_password(pg: PgCluster, role: str, password: str, method: str) -> None:
 def test_rotated_password_drain_then_revoke_fails_no_request(
     password_cluster: PgCluster, app_name: str, method: str, source: str
 ) -> None:
+    """The password changes (the old one is refused from then on), the callable returns the
+    new one, drain(): every session opened with the old password ends, and no request fails."""
     pg = password_cluster
-    role = ROLE if method == "scram-sha-256" else f"{ROLE}_md5"
+    role = f"rotating_{method.split('-')[0]}"
     secret = {"password": f"old-{uuid.uuid4().hex}"}
-    _make_role(pg, role, secret["password"], method)
+    add_password_role(pg, role, secret["password"], method)
     table = f"r_{uuid.uuid4().hex[:12]}"
     execute(pg, f"CREATE TABLE {table} (id bigserial PRIMARY KEY, token text NOT NULL UNIQUE)")
     execute(pg, f"GRANT ALL ON {table}, {table}_id_seq TO {role}")
@@ -190,16 +176,16 @@ def test_rotated_password_drain_then_revoke_fails_no_request(
     old = secret["password"]
     with Load(app, threads=6) as load:
         warm_up(load)
-        opened_with_old = _sessions(pg, app_name)
+        opened_with_old = app_sessions(pg, app_name)
         assert opened_with_old
         new = f"new-{uuid.uuid4().hex}"
-        _set_password(pg, role, new, method)  # from now on the old password is refused
+        set_password(pg, role, new, method)  # from now on the old password is refused
         secret["password"] = new
-        drained_at = scalar(pg, "SELECT now()")
+        drained_at = server_now(pg)
         ext.drain(app)
         # Every session opened with the old password ends, idle ones at once, the others with their request.
-        _wait(lambda: all(start > drained_at for start in _sessions(pg, app_name).values()), "the old sessions to end")
-        assert not set(_sessions(pg, app_name)) & set(opened_with_old)
+        _wait(lambda: _all_after(app_sessions(pg, app_name), drained_at), "the old sessions to end")
+        assert not set(app_sessions(pg, app_name)) & set(opened_with_old)
         after = time.monotonic()
         load.wait_for(lambda o: successes_since(after)(o) >= 20, timeout=30, what="requests after the rotation")
         outcomes = load.stop()
@@ -212,15 +198,8 @@ def test_rotated_password_drain_then_revoke_fails_no_request(
     ext.close(app)
 
 
-def _sessions(pg: PgCluster, app_name: str) -> dict[int, Any]:
-    """{pid: backend_start} of the app's sessions."""
-    conn = psycopg2.connect(pg.dsn, connect_timeout=5)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT pid, backend_start FROM pg_stat_activity WHERE application_name = %s", (app_name,))
-            return {int(pid): start for pid, start in cur.fetchall()}
-    finally:
-        conn.close()
+def _all_after(sessions: dict[int, Any], moment: Any) -> bool:
+    return bool(sessions) and all(start > moment for start in sessions.values())
 
 
 def _wait(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:

@@ -40,8 +40,14 @@ def warm_up(load: Load, writes: int = 20) -> None:
     load.wait_for(lambda o: count(o) >= writes, timeout=WAIT, what=f"{writes} writes before the failover")
 
 
-def fence_and_promote(pair: ReplicatedPair, load: Load, *, fenced_for: float, writes_after: int = 30) -> Timeline:
-    """Fence the primary read-only (sessions kept); after ``fenced_for`` s promote the caught-up standby."""
+def fence_and_promote(
+    pair: ReplicatedPair, load: Load, *, fenced_for: float, writes_after: int | None = 30, run_after: float = 0.0
+) -> Timeline:
+    """Fence the primary read-only (sessions kept); after ``fenced_for`` s promote the caught-up standby.
+
+    Returns once ``writes_after`` writes have succeeded after the promotion, or
+    (``writes_after=None``) ``run_after`` s after it.
+    """
     old, new = pair.primary, pair.standby
     fault = time.monotonic()
     pair.fence(old)
@@ -50,12 +56,17 @@ def fence_and_promote(pair: ReplicatedPair, load: Load, *, fenced_for: float, wr
     promote_started = time.monotonic()
     new.promote()
     promoted = time.monotonic()
-    _wait_writes_after(load, promoted, writes_after)
+    _run_after(load, promoted, writes_after, run_after)
     return Timeline(fault, promote_started, promoted, old.port, new.port)
 
 
-def stop_and_promote(pair: ReplicatedPair, load: Load, *, down_for: float, writes_after: int = 30) -> Timeline:
-    """Stop the primary (fast: sessions killed); after ``down_for`` s promote the standby; rejoin the old one."""
+def stop_and_promote(
+    pair: ReplicatedPair, load: Load, *, down_for: float, writes_after: int | None = 30, run_after: float = 0.0
+) -> Timeline:
+    """Stop the primary (fast: sessions killed); after ``down_for`` s promote the standby; rejoin the old one.
+
+    Returns as :func:`fence_and_promote` does, counting from the rejoin.
+    """
     old, new = pair.primary, pair.standby
     fault = time.monotonic()
     old.stop("fast")
@@ -64,11 +75,14 @@ def stop_and_promote(pair: ReplicatedPair, load: Load, *, down_for: float, write
     new.promote()
     promoted = time.monotonic()
     pair.rejoin(old, new)
-    _wait_writes_after(load, time.monotonic(), writes_after)
+    _run_after(load, time.monotonic(), writes_after, run_after)
     return Timeline(fault, promote_started, promoted, old.port, new.port)
 
 
-def _wait_writes_after(load: Load, moment: float, writes: int) -> None:
+def _run_after(load: Load, moment: float, writes: int | None, seconds: float) -> None:
+    if writes is None:
+        time.sleep(max(0.0, moment + seconds - time.monotonic()))
+        return
     count = successes_since(moment, "write")
     load.wait_for(lambda o: count(o) >= writes, timeout=WAIT, what=f"{writes} writes after the promotion")
 
