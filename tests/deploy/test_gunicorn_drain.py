@@ -1,7 +1,7 @@
-"""The documented way to drain a running gunicorn app: SIGUSR2 to each worker (docs/failover.rst).
+"""The documented way to drain a running gunicorn app: SIGUSR2 to each worker.
 
-A real gunicorn (2 gthread workers x 2 threads) runs the recipe's gunicorn.conf.py
-while clients keep requesting; after the signal every server session of the app
+A real gunicorn (2 gthread workers x 2 threads) runs the gunicorn.conf.py of
+docs/failover.rst, read from the page, while clients keep requesting; after the signal every server session of the app
 is a new one, no request failed, and no worker was restarted.
 """
 
@@ -50,23 +50,22 @@ def pid():
         return jsonify(worker=os.getpid(), backend=cur.fetchone()[0])
 """
 
-# As in docs/failover.rst.
-GUNICORN_CONF = '''
-import signal
-import threading
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "failover.rst"
 
 
-def post_worker_init(worker):
-    """SIGUSR2 to a worker drains its pools: new connections, with the credentials of the moment."""
-    app = worker.wsgi  # the Flask app (import it instead if it is wrapped in a middleware)
-    pgpool = app.extensions["pgpool"]
-
-    def drain(signum, frame):
-        # The interrupted code may hold the pool's lock: drain from a thread of its own.
-        threading.Thread(target=pgpool.drain, args=(app,), daemon=True).start()
-
-    signal.signal(signal.SIGUSR2, drain)
-'''
+def documented_recipe() -> str:
+    """The gunicorn.conf.py of docs/failover.rst: the code block that defines post_worker_init."""
+    text = DOCS.read_text()
+    for block in text.split(".. code-block:: python\n")[1:]:
+        lines = []
+        for line in block.splitlines()[1:]:  # the blank line after the directive
+            if line and not line.startswith("    "):
+                break
+            lines.append(line)
+        code = textwrap.dedent("\n".join(lines))
+        if "def post_worker_init" in code:
+            return code
+    raise AssertionError("docs/failover.rst has no gunicorn.conf.py with post_worker_init")
 
 
 def _free_port() -> int:
@@ -78,7 +77,7 @@ def _free_port() -> int:
 @pytest.fixture
 def server(pg_server_dsn: str, app_name: str, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     (tmp_path / "wsgiapp.py").write_text(textwrap.dedent(APP_MODULE))
-    (tmp_path / "gunicorn.conf.py").write_text(textwrap.dedent(GUNICORN_CONF))
+    (tmp_path / "gunicorn.conf.py").write_text(documented_recipe())
     port = _free_port()
     env = {**os.environ, "TEST_APP_DSN": pg_server_dsn, "TEST_APP_NAME": app_name}
     cmd = [
@@ -154,9 +153,10 @@ def test_sigusr2_to_the_workers_drains_their_pools(
     clients = [threading.Thread(target=client, daemon=True) for _ in range(4)]
     for thread in clients:
         thread.start()
-    workers = _workers(proc.pid)
     deadline = time.monotonic() + 30
-    while answered_by != workers or len(_sessions(pg_server_dsn, app_name)) < 2:
+    while (
+        len(workers := _workers(proc.pid)) < 2 or answered_by != workers or len(_sessions(pg_server_dsn, app_name)) < 2
+    ):
         assert time.monotonic() < deadline, "both workers did not answer"
         time.sleep(0.05)
     before = _sessions(pg_server_dsn, app_name)
