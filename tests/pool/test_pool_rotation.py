@@ -94,6 +94,7 @@ def test_callable_returning_the_wrong_type_says_so(
         pool.getconn()
 
 
+@pytest.mark.no_pgbouncer  # looks at the server's sessions
 def test_drain_closes_idle_now_and_in_use_when_returned(
     make_pool: PoolFactory, server_sessions: Callable[..., list[tuple[Any, ...]]]
 ) -> None:
