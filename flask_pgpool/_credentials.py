@@ -31,8 +31,7 @@ class ConnectParams:
     callable source is called each time, a fixed one is worked out once.
     """
 
-    def __init__(self, name: str, dsn: DsnSource, connect_args: ArgsSource, connect_timeout: int) -> None:
-        self._name = name
+    def __init__(self, dsn: DsnSource, connect_args: ArgsSource, connect_timeout: int) -> None:
         self._dsn_source = dsn
         self._args_source = connect_args
         self._connect_timeout = connect_timeout
@@ -82,8 +81,7 @@ class ConnectParams:
         dsn = source()
         if not isinstance(dsn, str):
             raise TypeError(
-                f"pool {self._name!r}: the DSN callable returned a {type(dsn).__name__}, "
-                "not a connection string or postgresql:// URL"
+                f"the DSN callable returned a {type(dsn).__name__}, not a connection string or postgresql:// URL"
             )
         return dsn
 
@@ -94,7 +92,7 @@ class ConnectParams:
         args = source()
         if not isinstance(args, Mapping) or not all(isinstance(k, str) for k in args):
             raise TypeError(
-                f"pool {self._name!r}: the connect-arguments callable returned a {type(args).__name__}, "
+                f"the connect-arguments callable returned a {type(args).__name__}, "
                 "not a dict of psycopg2.connect() keyword arguments"
             )
         return args

@@ -28,8 +28,9 @@ import time
 
 from psycopg2.extensions import TRANSACTION_STATUS_IDLE, connection
 
-from ._connections import Slot
 from ._health import bounded
+from ._record import ConnectionRecord
+from ._session import execute_plain
 
 __all__ = ["FailoverGuard"]
 
@@ -62,14 +63,14 @@ class FailoverGuard:
 
     # -- hooks of the pool ---------------------------------------------------
 
-    def opened(self, conn: connection, slot: Slot, started: float) -> None:
+    def opened(self, conn: connection, record: ConnectionRecord, started: float) -> None:
         """A connection was opened (connect begun at ``started``): note whether its server takes writes."""
-        slot.verified_at = started
-        slot.on_primary = self.enabled and not _reports_read_only(conn)
-        if slot.on_primary and self._detected_at is not None:
+        record.verified_at = started
+        record.on_primary = self.enabled and not _reports_read_only(conn)
+        if record.on_primary and self._detected_at is not None:
             self._recovered(conn)
 
-    def pinged(self, conn: connection, slot: Slot) -> bool:
+    def pinged(self, conn: connection, record: ConnectionRecord) -> bool:
         """After a ping at checkout: False if the server now refuses writes (one client-side read).
 
         The ping's round trip made the session apply any pending reload and
@@ -77,16 +78,16 @@ class FailoverGuard:
         and a connection due a ping anyway finds a server fenced while the pool
         was idle before a request meets it.
         """
-        if not slot.on_primary:
+        if not record.on_primary:
             return True
         if _reports_read_only(conn):
             self._count_discarded()
-            self._failover(slot, "the server refuses writes (default_transaction_read_only = on)")
+            self._failover(record, "the server refuses writes (default_transaction_read_only = on)")
             return False
-        slot.verified_at = time.monotonic()
+        record.verified_at = time.monotonic()
         return True
 
-    def returned(self, conn: connection, slot: Slot, status: int) -> bool:
+    def returned(self, conn: connection, record: ConnectionRecord, status: int | None) -> bool:
         """On return, outside the pool's lock: False if the connection's server went read-only.
 
         ``status`` is the transaction status it was returned in. A transaction
@@ -94,7 +95,7 @@ class FailoverGuard:
         before any fence, and a later checkout finds out. Otherwise it costs
         one client-side read; a round trip only when the server reports read-only.
         """
-        if not slot.on_primary or (status == TRANSACTION_STATUS_IDLE and not conn.autocommit):
+        if not record.on_primary or (status == TRANSACTION_STATUS_IDLE and not conn.autocommit):
             return True
         if conn.get_parameter_status(_READ_ONLY) != "on":
             return True
@@ -103,17 +104,17 @@ class FailoverGuard:
         value = _reset_read_only(conn, self._timeout)
         if value == "on":
             self._count_discarded()
-            self._failover(slot, "the server became read-only (default_transaction_read_only = on)")
+            self._failover(record, "the server became read-only (default_transaction_read_only = on)")
         return value == "off"
 
     # -- internals -------------------------------------------------------------
 
-    def _failover(self, slot: Slot, what: str) -> None:
+    def _failover(self, record: ConnectionRecord, what: str) -> None:
         now = time.monotonic()
         with self._lock:
             # The first connection found on the wrong server since the last
             # event tells; the others opened before it are already suspect.
-            first = slot.verified_at >= self.suspect_before
+            first = record.verified_at >= self.suspect_before
             self.suspect_before = max(self.suspect_before, now)
             if first:
                 self._detected_at = now
@@ -155,11 +156,7 @@ def _reset_read_only(conn: connection, timeout: float) -> str | None:
     """RESET the session's read-only default; return the server's value (None if no answer)."""
     with bounded(conn, timeout) as watchdog:
         try:
-            autocommit = conn.autocommit
-            conn.autocommit = True
-            with conn.cursor() as cur:
-                cur.execute(f"RESET {_READ_ONLY}")
-            conn.autocommit = autocommit
+            execute_plain(conn, f"RESET {_READ_ONLY}")
         except Exception:
             return None
     if watchdog.fired or conn.closed:

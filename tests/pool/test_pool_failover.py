@@ -7,14 +7,17 @@ primary and lifts the fence again. The pool's DSN names both servers with
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import uuid
 from collections.abc import Iterator
 
 import psycopg2
 import pytest
 from psycopg2.extensions import connection
-from support.poolkit import PoolFactory, backend_pid, query_one
+from support.netproxy import TcpProxy
+from support.poolkit import PoolFactory, backend_pid, query_one, via_proxy
 from support.replication import ReplicatedPair, execute, replicated_pair, scalar
 
 from flask_pgpool import PoolTimeout
@@ -199,3 +202,41 @@ def test_pool_opened_on_a_standby_is_not_a_failover(
     finally:
         factory.close()
     assert warnings_of(caplog) == []
+
+
+def test_checkout_once_the_server_is_back_is_served_whatever_the_backoff(
+    proxy: TcpProxy, pg_dsn: str, app_name: str
+) -> None:
+    """A checkout that fails fast while the database is down must still see a connection
+    attempt made after it began: one made just after a promotion is served, not refused."""
+    factory = PoolFactory(via_proxy(pg_dsn, proxy), app_name)
+    back = threading.Event()
+    failures = 0
+
+    def on_event(event: str, seconds: float) -> None:
+        nonlocal failures
+        if event == "connect_error":
+            failures += 1
+            # Once the backoff is at its longest (delays double from 0.1 s), the
+            # server comes back right after an attempt failed: the worst moment.
+            if failures == 9:
+                proxy.pass_through()
+                back.set()
+
+    try:
+        pool = factory(0, 2, timeout=10)
+        pool.add_observer(on_event)
+        proxy.drop()  # every connect fails at once
+
+        def ask() -> None:  # attempts are made for waiting checkouts
+            while not back.is_set():
+                with contextlib.suppress(PoolTimeout):
+                    pool.putconn(pool.getconn(timeout=0.05))
+
+        threading.Thread(target=ask, daemon=True).start()
+        assert back.wait(30)
+        conn = pool.getconn()
+        assert query_one(conn, "SELECT 1") == 1
+        pool.putconn(conn)
+    finally:
+        factory.close()
