@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from docutils import nodes
-from docutils.statemachine import StringList
-from sphinx.application import Sphinx
-from sphinx.util.docutils import SphinxDirective
+if TYPE_CHECKING:
+    from sphinx.application import Sphinx
 
-__all__ = ["RESULTS", "BenchmarksDirective", "load", "setup", "summary"]
+__all__ = ["RESULTS", "load", "setup", "summary"]
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results" / "results.json"
@@ -92,19 +90,23 @@ def _table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-class BenchmarksDirective(SphinxDirective):
-    """``.. pgpool-benchmarks::`` renders the summary of ``benchmarks/results/results.json``."""
-
-    has_content = False
-
-    def run(self) -> list[nodes.Node]:
-        self.env.note_dependency(str(RESULTS))
-        container = nodes.container(classes=["pgpool-benchmarks"])
-        source = self.get_source_info()[0] or "pgpool-benchmarks"
-        self.state.nested_parse(StringList(_table(load()), source=source), self.content_offset, container)
-        return [container]
-
-
 def setup(app: Sphinx) -> dict[str, Any]:
+    # Sphinx is imported here only: the tests use the functions above without it.
+    from docutils import nodes
+    from docutils.statemachine import StringList
+    from sphinx.util.docutils import SphinxDirective
+
+    class BenchmarksDirective(SphinxDirective):
+        """``.. pgpool-benchmarks::`` renders the summary of ``benchmarks/results/results.json``."""
+
+        has_content = False
+
+        def run(self) -> list[nodes.Node]:
+            self.env.note_dependency(str(RESULTS))
+            source = self.get_source_info()[0] or "generated"
+            container = nodes.container()
+            self.state.nested_parse(StringList(_table(load()), source=source), self.content_offset, container)
+            return [container]
+
     app.add_directive("pgpool-benchmarks", BenchmarksDirective)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}

@@ -12,17 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass, fields
-from typing import Any
-
-from docutils import nodes
-from docutils.statemachine import StringList
-from sphinx.application import Sphinx
-from sphinx.errors import ExtensionError
-from sphinx.util.docutils import SphinxDirective
+from typing import TYPE_CHECKING, Any
 
 from flask_pgpool import _config
 
-__all__ = ["ConfigDirective", "Row", "rows", "settings", "setup"]
+if TYPE_CHECKING:
+    from sphinx.application import Sphinx
+
+__all__ = ["Row", "rows", "settings", "setup"]
 
 
 @dataclass(frozen=True)
@@ -54,7 +51,7 @@ def rows() -> list[Row]:
     if keys != set(_config.KNOWN_KEYS):
         missing = sorted(set(_config.KNOWN_KEYS) - keys)
         unknown = sorted(keys - set(_config.KNOWN_KEYS))
-        raise ExtensionError(
+        raise ValueError(
             f"pgpool-config: the table and flask_pgpool._config disagree: keys without a row {missing}, "
             f"rows for keys the code does not read {unknown}"
         )
@@ -170,19 +167,23 @@ def _table(found: list[Row]) -> list[str]:
     return lines
 
 
-class ConfigDirective(SphinxDirective):
-    """``.. pgpool-config::`` renders the table of every ``PGPOOL_`` key."""
-
-    has_content = False
-
-    def run(self) -> list[nodes.Node]:
-        source = self.get_source_info()[0] or "pgpool-config"
-        container = nodes.container(classes=["pgpool-config"])
-        self.state.nested_parse(StringList(_table(rows()), source=source), self.content_offset, container)
-        return [container]
-
-
 def setup(app: Sphinx) -> dict[str, Any]:
+    # Sphinx is imported here only: the tests use the functions above without it.
+    from docutils import nodes
+    from docutils.statemachine import StringList
+    from sphinx.util.docutils import SphinxDirective
+
+    class ConfigDirective(SphinxDirective):
+        """``.. pgpool-config::`` renders the table of every ``PGPOOL_`` key."""
+
+        has_content = False
+
+        def run(self) -> list[nodes.Node]:
+            source = self.get_source_info()[0] or "generated"
+            container = nodes.container()
+            self.state.nested_parse(StringList(_table(rows()), source=source), self.content_offset, container)
+            return [container]
+
     app.add_directive("pgpool-config", ConfigDirective)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
 
