@@ -135,6 +135,38 @@ class ConnectionPool(ThreadedConnectionPool):
         configure: Callable[[connection], None] | None = None,
         connect_args: Mapping[str, Any] | None = None,
     ) -> None:
+        """Create the pool; no connection is opened before the first :meth:`getconn`.
+
+        ``minconn`` connections are kept open once the pool has been used, and
+        at most ``maxconn`` are open at once (``minconn > maxconn`` raises
+        :class:`ValueError`). ``dsn`` is a libpq connection string or a
+        ``postgresql://`` URL, or a function returning one, called on first
+        use. The options, all by name:
+
+        * ``name``: the pool's name in errors, logs and metrics (a bind name
+          under Flask);
+        * ``timeout``: seconds :meth:`getconn` waits for a connection before
+          :class:`PoolTimeout`;
+        * ``max_waiting``: most checkouts waiting at once, one more fails with
+          :class:`TooManyRequests` (``0``: no limit);
+        * ``max_idle``: seconds an idle connection above ``minconn`` is kept;
+        * ``max_lifetime``: seconds after which a connection is replaced (up to
+          10 % sooner, at random);
+        * ``health_check``: check an idle connection at checkout and replace it
+          if the server closed it;
+        * ``ping_after``: seconds of idleness after which that check sends
+          ``SELECT 1`` (``0``: always, ``None``: never);
+        * ``leak_timeout``: seconds a connection may stay checked out before a
+          warning with the stack of its checkout (``None``: off);
+        * ``connect_timeout``: seconds a new connection may take to open,
+          unless the DSN sets one (``0``: no limit);
+        * ``read_only``: open every connection as a read-only session;
+        * ``configure``: a function called once with each new connection;
+        * ``connect_args``: more keyword arguments for ``psycopg2.connect()``.
+
+        The Flask extension builds its pools from the ``PGPOOL_*`` keys of the
+        same names.
+        """
         _check_sizes(minconn, maxconn)
         # The parent opens ``minconn`` connections at once; ours opens none
         # until it is used, so it is given 0 and told the real value after.

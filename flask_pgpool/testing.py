@@ -104,6 +104,7 @@ class RolledBackConnection:
     """
 
     def commit(self) -> None:
+        """Keep the work so far for the rest of the test (the test's transaction stays open)."""
         from psycopg2.extensions import TRANSACTION_STATUS_IDLE, TRANSACTION_STATUS_INERROR
 
         status = self._conn.info.transaction_status
@@ -118,6 +119,7 @@ class RolledBackConnection:
             cur.execute(f"RELEASE SAVEPOINT {_SAVEPOINT}; SAVEPOINT {_SAVEPOINT}")
 
     def rollback(self) -> None:
+        """Undo the work since the last :meth:`commit` (or since the test began)."""
         from psycopg2.extensions import TRANSACTION_STATUS_IDLE
 
         with self._conn.cursor() as cur:
