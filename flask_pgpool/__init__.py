@@ -28,10 +28,11 @@ What it exports:
 * :class:`PgPool`, the extension, and :func:`get_db`, the current request's
   connection;
 * :class:`ConnectionPool`, the pool engine (a ``ThreadedConnectionPool``
-  subclass, usable without Flask), and :data:`STATS_KEYS`, the keys of its
-  ``get_stats()``;
+  subclass, usable without Flask), :data:`STATS_KEYS`, the keys of its
+  ``get_stats()``, and :data:`PoolEvent`, the events its observers are told of;
 * the errors: :class:`PgPoolError` (a 503 in a request) and its subclasses
-  :class:`PoolTimeout`, :class:`TooManyRequests` and :class:`PoolClosed`;
+  :class:`PoolTimeout` (and :class:`DatabaseUnavailable`),
+  :class:`TooManyRequests` and :class:`PoolClosed`;
   :class:`ConfigError` and :class:`PgPoolConfigWarning` for the ``PGPOOL_``
   configuration.
 
@@ -42,9 +43,10 @@ command ``flask pgpool-status`` shows the pools and checks the database.
 """
 
 from ._config import ConfigError, PgPoolConfigWarning
-from ._errors import PgPoolError, PoolClosed, PoolTimeout, TooManyRequests
+from ._errors import DatabaseUnavailable, PgPoolError, PoolClosed, PoolTimeout, TooManyRequests
 from ._extension import PgPool, get_db
-from ._pool import STATS_KEYS, ConnectionPool
+from ._pool import ConnectionPool
+from ._stats import STATS_KEYS, PoolEvent
 
 #: The version of the package; ``setup.cfg`` reads it from here.
 __version__ = "0.1.0.dev0"
@@ -53,10 +55,12 @@ __all__ = [
     "STATS_KEYS",
     "ConfigError",
     "ConnectionPool",
+    "DatabaseUnavailable",
     "PgPool",
     "PgPoolConfigWarning",
     "PgPoolError",
     "PoolClosed",
+    "PoolEvent",
     "PoolTimeout",
     "TooManyRequests",
     "__version__",

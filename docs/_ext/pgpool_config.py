@@ -70,6 +70,7 @@ _KINDS = {
     "_bool": "bool",
     "_mapping": "dict",
     "_callable": "function or None",
+    "_reset": "SQL, function or None",
 }
 
 # The meaning of each key (the ``doc`` field of Setting, once it exists).
@@ -100,6 +101,9 @@ _FALLBACK_DOCS = {
     "read_only": "Open every connection as a read-only session.",
     "configure": "A function called with each new connection, once (register adapters, ``SET`` session "
     "settings). A transaction it leaves open is rolled back: commit what must last.",
+    "reset": "Run on every returned connection so that no session state reaches the next request: SQL run in "
+    'autocommit (``"DISCARD ALL"``) or a function given the connection. It costs one round trip per request; '
+    "``PGPOOL_CONFIGURE`` runs again after it. A reset that fails closes the connection.",
     "retry_after": "Seconds in the ``Retry-After`` header of the 503 response. ``0``: no header.",
     "embedded": "With no DSN, run a private PostgreSQL server (the ``embedded`` extra) whose data lives in the "
     "app's instance folder. Started by the first checkout. For development.",
