@@ -141,22 +141,27 @@ class ConnectionPool(ThreadedConnectionPool):
 
     @property
     def health_check(self) -> bool:
+        """Whether a checkout checks an idle connection (the ``health_check`` option)."""
         return self._health.health_check
 
     @property
     def ping_after(self) -> float | None:
+        """Seconds of idleness after which the checkout check pings (``ping_after``)."""
         return self._health.ping_after
 
     @property
     def max_idle(self) -> float:
+        """Seconds an idle connection above ``minconn`` is kept (``max_idle``)."""
         return self._health.max_idle
 
     @property
     def read_only(self) -> bool:
+        """Whether every connection is a read-only session (``read_only``)."""
         return self._connector.read_only
 
     @property
     def configure(self) -> Callable[[connection], None] | None:
+        """The function run on each new connection (``configure``), or None."""
         return self._connector.configure
 
     # -- checkout ----------------------------------------------------------
