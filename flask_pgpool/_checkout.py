@@ -138,14 +138,18 @@ def wait_for_connection(pool: ConnectionPool, state: ProcessState, started: floa
             with state.lock:
                 record = next_step(pool, state, waiter, limit)
             spawn(pool, state, waiter.spawn)
-            if record is None:
-                waiter.wait(waiter.sleep)
-            elif check_out(pool, state, record, _monotonic(), waiter.deadline):
+            # Asleep until a hand-over (taken without the pool's lock) or a nudge.
+            while record is None and waiter.wait(waiter.sleep):
+                record = waiter.take_handed()
+                if record is None:
+                    break  # nudged: look again under the lock
+            if record is not None and check_out(pool, state, record, _monotonic(), waiter.deadline):
                 if waiter.queued:
                     with state.lock:
                         state.counters.requests_wait_ms += int((_monotonic() - started) * 1000)
                 return record
-            # Otherwise it was dead or handed on: the waiter keeps its place.
+            # Otherwise it timed out, was nudged, or its connection was dead or
+            # handed on: the next step decides, and the waiter keeps its place.
     except (PoolTimeout, TooManyRequests) as exc:
         waited = _monotonic() - started
         # The caller gets the exception (Flask: a 503, logged there); INFO keeps a trace here.
@@ -196,7 +200,7 @@ def next_step(pool: ConnectionPool, state: ProcessState, waiter: Waiter, limit: 
             state.counters.requests_errors += 1
             raise _messages.too_many_error(pool)
         else:
-            state.waiters.append(waiter)
+            state.waiters.enqueue(waiter)
     waiter.spawn = grow(pool, state, now)
     if not waiter.queued and state.opening < len(state.waiters):
         # No connection is on its way for this checkout.
@@ -207,14 +211,19 @@ def next_step(pool: ConnectionPool, state: ProcessState, waiter: Waiter, limit: 
 
 
 def give_up_at(pool: ConnectionPool, state: ProcessState, waiter: Waiter, now: float) -> float:
-    """Under the lock: when the waiter stops waiting: at its deadline, or
-    soon once the database is down (the last connect failed and nothing is open)."""
-    if state.backoff.active and not state.records:
-        if waiter.down_since is None:
-            waiter.down_since = now
-        return min(waiter.deadline, waiter.down_since + FAIL_FAST)
-    waiter.down_since = None
-    return waiter.deadline
+    """Under the lock: when the waiter stops waiting: at its deadline, or soon
+    once the database is down (a connect failed and nothing is open): after
+    :data:`FAIL_FAST` seconds, and once an attempt made since then failed too."""
+    backoff = state.backoff
+    if not backoff.active or state.records:
+        waiter.down_since = None
+        return waiter.deadline
+    if waiter.down_since is None:
+        waiter.down_since = now
+        waiter.failures_seen = backoff.failures
+    if backoff.failures == waiter.failures_seen:
+        return waiter.deadline  # no attempt has failed since: wait for the next one
+    return min(waiter.deadline, waiter.down_since + FAIL_FAST)
 
 
 def wait_time(pool: ConnectionPool, state: ProcessState, waiter: Waiter, now: float, give_up: float) -> float:

@@ -87,6 +87,15 @@ class FailoverGuard:
         record.verified_at = time.monotonic()
         return True
 
+    def clean(self, conn: connection, record: ConnectionRecord) -> bool:
+        """On return of a connection idle and as it was handed out: may it skip :meth:`returned`?
+
+        A transaction committed in full (not autocommit) began before any
+        fence: a later checkout finds out. In autocommit a refused write leaves
+        the connection idle too, so it is looked at (one client-side read).
+        """
+        return not (record.on_primary and conn.autocommit and conn.get_parameter_status(_READ_ONLY) == "on")
+
     def returned(self, conn: connection, record: ConnectionRecord, status: int | None) -> bool:
         """On return, outside the pool's lock: False if the connection's server went read-only.
 
