@@ -67,6 +67,8 @@ class FailoverGuard:
         """A connection was opened (connect begun at ``started``): note whether its server takes writes."""
         record.verified_at = started
         record.on_primary = self.enabled and not _reports_read_only(conn)
+        # In autocommit a refused write leaves the connection idle: its return is looked at.
+        record.idle_watched = record.on_primary and conn.autocommit
         if record.on_primary and self._detected_at is not None:
             self._recovered(conn)
 
@@ -87,14 +89,15 @@ class FailoverGuard:
         record.verified_at = time.monotonic()
         return True
 
-    def clean(self, conn: connection, record: ConnectionRecord) -> bool:
-        """On return of a connection idle and as it was handed out: may it skip :meth:`returned`?
+    def reports_read_only(self, conn: connection) -> bool:
+        """For a connection returned idle as it was handed out, when ``record.idle_watched``:
+        must it go through :meth:`returned`? (One client-side read.)
 
         A transaction committed in full (not autocommit) began before any
-        fence: a later checkout finds out. In autocommit a refused write leaves
-        the connection idle too, so it is looked at (one client-side read).
+        fence, and a later checkout finds out; so only autocommit connections,
+        where a refused write leaves the connection idle, are looked at.
         """
-        return not (record.on_primary and conn.autocommit and conn.get_parameter_status(_READ_ONLY) == "on")
+        return conn.get_parameter_status(_READ_ONLY) == "on"
 
     def returned(self, conn: connection, record: ConnectionRecord, status: int | None) -> bool:
         """On return, outside the pool's lock: False if the connection's server went read-only.

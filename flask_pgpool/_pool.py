@@ -267,7 +267,7 @@ class ConnectionPool(ThreadedConnectionPool):
             self.reset is None
             and quick_state(conn) is SocketState.QUIET
             and session_of(conn) == record.session
-            and self._failover.clean(conn, record)
+            and not (record.idle_watched and self._failover.reports_read_only(conn))
         )
 
     def _keep(self, state: ProcessState, record: ConnectionRecord, now: float) -> bool:

@@ -63,6 +63,7 @@ class ConnectionRecord:
         "conn",
         "expires",
         "generation",
+        "idle_watched",
         "in_use",
         "key",
         "last_used",
@@ -98,9 +99,11 @@ class ConnectionRecord:
         self.stack: traceback.StackSummary | None = None
         self.leak_reported = False
         # Failover (see _failover): opened on a server that took writes, and
-        # when that was last known to hold (opened, or pinged since).
+        # when that was last known to hold (opened, or pinged since); whether a
+        # return in idle state is looked at too (autocommit).
         self.on_primary = False
         self.verified_at = opened_at
+        self.idle_watched = False
 
     def checkout_verdict(
         self,
