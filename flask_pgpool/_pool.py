@@ -28,7 +28,7 @@ import traceback
 import weakref
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import psycopg2
 from psycopg2.extensions import (
@@ -43,6 +43,7 @@ from . import _dsn as dsnlib
 from ._connections import Slot, close_quietly, restore_session, session_of
 from ._errors import PoolClosed, PoolTimeout, TooManyRequests
 from ._health import SocketState, bounded, ping, poller_for, socket_state
+from ._timeouts import DEFAULT_NETWORK_TIMEOUT, connect, connect_params
 
 __all__ = ["STATS_KEYS", "ConnectionPool"]
 
@@ -131,6 +132,8 @@ class ConnectionPool(ThreadedConnectionPool):
         ping_after: float | None = 30.0,
         leak_timeout: float | None = None,
         connect_timeout: int = _DEFAULT_CONNECT_TIMEOUT,
+        network_timeout: float | None = DEFAULT_NETWORK_TIMEOUT,
+        statement_timeout: float | None = None,
         read_only: bool = False,
         configure: Callable[[connection], None] | None = None,
         connect_args: Mapping[str, Any] | None = None,
@@ -155,6 +158,9 @@ class ConnectionPool(ThreadedConnectionPool):
         self._dsn_lock = threading.Lock()
         self._connect_args = dict(connect_args or {})
         self._connect_timeout = connect_timeout
+        # 0 or None: no bound.
+        self.network_timeout = _positive("network_timeout", network_timeout) if network_timeout else None
+        self.statement_timeout = _positive("statement_timeout", statement_timeout) if statement_timeout else None
         self._secrets: list[str] = []
         # Kept across fork: an observer (e.g. metrics) follows the pool into workers.
         self._observers: list[Callable[[str, float], None]] = []
@@ -633,7 +639,8 @@ class ConnectionPool(ThreadedConnectionPool):
         return alive
 
     def _ping_timeout(self) -> float:
-        return float(min(self.timeout, self._connect_timeout or self.timeout))
+        # The pool's own exchanges give up no later than the network bound would.
+        return float(min(self.timeout, self._connect_timeout or self.timeout, self.network_timeout or self.timeout))
 
     # -- connecting ------------------------------------------------------
 
@@ -685,7 +692,7 @@ class ConnectionPool(ThreadedConnectionPool):
         conn = None
         try:
             dsn, kwargs = self._connect_params()
-            conn = cast(connection, psycopg2.connect(dsn, **kwargs))
+            conn = connect(dsn, kwargs, self.statement_timeout)
             if self.read_only:
                 conn.set_session(readonly=True)
             if self.configure is not None:
@@ -731,6 +738,14 @@ class ConnectionPool(ThreadedConnectionPool):
                     and "connect_timeout" not in dsnlib.parse(self._dsn)
                 ):
                     kwargs["connect_timeout"] = self._connect_timeout
+                kwargs.update(
+                    connect_params(
+                        self._dsn,
+                        kwargs,
+                        network_timeout=self.network_timeout,
+                        statement_timeout=self.statement_timeout,
+                    )
+                )
                 self._connect_kwargs = kwargs
         return self._dsn, self._connect_kwargs
 
