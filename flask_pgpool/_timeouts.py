@@ -35,6 +35,9 @@ _MAX_KEEPALIVE_COUNT = 127
 _MAX_MILLISECONDS = 2**31 - 1
 _STATEMENT_TIMEOUT_OPTION = re.compile(r"statement[-_]timeout\s*=")
 _REFUSED = "unsupported startup parameter"
+# How SHOW prints a duration: the largest unit that divides it ("200ms", "5s", "2min", "0").
+_SHOWN_DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|min|h|d)?\s*$")
+_UNIT_MS = {"ms": 1, "s": 1000, "min": 60_000, "h": 3_600_000, "d": 86_400_000}
 
 
 def keepalive_params(network_timeout: float) -> dict[str, int]:
@@ -115,26 +118,32 @@ def connect(dsn: str, kwargs: Mapping[str, Any], statement_timeout: float | None
             raise
         if in_force != statement_timeout_ms(statement_timeout):
             conn.close()
+            shown = "unknown" if in_force is None else f"{in_force} ms"
             raise psycopg2.OperationalError(
-                f"the server's statement_timeout is {in_force} ms, not the "
-                f"{statement_timeout_ms(statement_timeout)} ms asked for: the startup option was dropped "
-                f"(PgBouncer's ignore_startup_parameters = options). {_no_startup_options()}"
+                f"the server's statement_timeout is {shown}, not the "
+                f"{statement_timeout_ms(statement_timeout)} ms asked for: the startup option was dropped on "
+                f"the way (as PgBouncer does with ignore_startup_parameters = options). {_no_startup_options()}"
             )
     return conn
 
 
-def _statement_timeout_in_force(conn: connection) -> int:
+def _statement_timeout_in_force(conn: connection) -> int | None:
+    """The session's statement_timeout in ms (None if the server shows it in a form not known here)."""
     # A plain cursor: rows are tuples whatever the user's factories, and a
-    # LoggingConnection need not be initialized yet.
+    # LoggingConnection need not be initialized yet. SHOW: one round trip,
+    # no catalog lookup; autocommit: no transaction left open.
     autocommit = conn.autocommit
-    conn.autocommit = True  # one round trip, no transaction left open
+    conn.autocommit = True
     try:
         with psycopg2.extensions.cursor(conn) as cur:
-            cur.execute("SELECT setting FROM pg_settings WHERE name = 'statement_timeout'")
+            cur.execute("SHOW statement_timeout")
             row = cur.fetchone()
     finally:
         conn.autocommit = autocommit
-    return int(row[0]) if row else 0
+    shown = _SHOWN_DURATION.match(str(row[0]) if row else "")
+    if shown is None:
+        return None
+    return int(shown.group(1)) * _UNIT_MS[shown.group(2) or "ms"]
 
 
 def _no_startup_options() -> str:

@@ -138,6 +138,23 @@ def test_a_ping_on_a_silent_path_gives_up_at_the_network_bound(
     assert gave_up < 4.5, f"the ping waited {gave_up:.1f} s, not the 2 s bound"  # without the bound: 10 s
 
 
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [(0.0004, "1ms"), (0.2, "200ms"), (1.5, "1500ms"), (2, "2s"), (120, "2min"), (7200, "2h"), (172800, "2d")],
+)
+def test_a_statement_timeout_is_checked_in_force_whatever_its_unit(
+    make_pool: PoolFactory,
+    pg_server_dsn: str,
+    checked_out: list[tuple[ConnectionPool, connection]],
+    seconds: float,
+    shown: str,
+) -> None:
+    pool = make_pool(dsn=pg_server_dsn, statement_timeout=seconds)
+    conn = pool.getconn()
+    checked_out.append((pool, conn))
+    assert query_one(conn, "SHOW statement_timeout") == shown
+
+
 @pytest.mark.parametrize("bound", [1, 2.5, 3, 6, 10, 30, 45.5, 600, 3600, 10**6])
 def test_the_keepalive_schedule_gives_up_at_about_the_bound(bound: float) -> None:
     params = keepalive_params(bound)
