@@ -54,6 +54,7 @@ class PoolSettings:
     connect_args: Mapping[str, Any] = field(default_factory=dict)
     read_only: bool = False
     configure: Callable[..., None] | None = None
+    reset: str | Callable[..., None] | None = None
     retry_after: int = 1
     embedded: bool = False
 
@@ -175,6 +176,17 @@ def _callable(key: str, value: Any) -> Callable[..., None] | None:
     return value  # type: ignore[no-any-return]
 
 
+def _reset(key: str, value: Any) -> str | Callable[..., None] | None:
+    if value is None or callable(value):
+        return value  # type: ignore[no-any-return]
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    raise ConfigError(
+        f"{key} must be SQL to run on each returned connection (such as 'DISCARD ALL'), "
+        f"a function taking the connection, or None, got {value!r}"
+    )
+
+
 _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "dsn": _dsn,
     "minconn": _int(0),
@@ -192,6 +204,7 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "connect_args": _mapping,
     "read_only": _bool,
     "configure": _callable,
+    "reset": _reset,
     "retry_after": _int(0),
     "embedded": _bool,
 }

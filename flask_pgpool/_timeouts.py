@@ -95,19 +95,22 @@ def _statement_timeout_option(statement_timeout: float) -> str:
     return f"-c statement_timeout={statement_timeout_ms(statement_timeout)}"
 
 
-def connect(dsn: str, kwargs: Mapping[str, Any], statement_timeout: float | None) -> connection:
+def connect(
+    dsn: str, kwargs: Mapping[str, Any], statement_timeout: float | None, setting: str = "statement_timeout"
+) -> connection:
     """``psycopg2.connect()``, making sure a statement timeout asked for is in force.
 
     A server (PgBouncer) that refuses the startup option, or accepts it and
     drops it, makes the connect fail with an error that says what to do
-    instead; a statement timeout that is not in force is never silent.
+    instead, naming ``setting``; a statement timeout that is not in force is
+    never silent.
     """
     ours = statement_timeout and _statement_timeout_option(statement_timeout) in str(kwargs.get("options", ""))
     try:
         conn = cast(connection, psycopg2.connect(dsn, **kwargs))
     except psycopg2.OperationalError as exc:
         if ours and _REFUSED in str(exc):
-            raise psycopg2.OperationalError(f"{str(exc).strip()}. {_no_startup_options()}") from None
+            raise psycopg2.OperationalError(f"{str(exc).strip()}. {_no_startup_options(setting)}") from None
         raise
     if ours:
         assert statement_timeout
@@ -122,7 +125,8 @@ def connect(dsn: str, kwargs: Mapping[str, Any], statement_timeout: float | None
             raise psycopg2.OperationalError(
                 f"the server's statement_timeout is {shown}, not the "
                 f"{statement_timeout_ms(statement_timeout)} ms asked for: the startup option was dropped on "
-                f"the way (as PgBouncer does with ignore_startup_parameters = options). {_no_startup_options()}"
+                f"the way (as PgBouncer does with ignore_startup_parameters = options). "
+                f"{_no_startup_options(setting)}"
             )
     return conn
 
@@ -146,9 +150,9 @@ def _statement_timeout_in_force(conn: connection) -> int | None:
     return int(shown.group(1)) * _UNIT_MS[shown.group(2) or "ms"]
 
 
-def _no_startup_options() -> str:
+def _no_startup_options(setting: str) -> str:
     return (
-        "statement_timeout (PGPOOL_STATEMENT_TIMEOUT) is sent as a startup option, which PgBouncer does not "
-        "pass on to the server: behind PgBouncer leave it unset and set statement_timeout on the server "
-        "instead (ALTER ROLE <user> IN DATABASE <db> SET statement_timeout = ..., or PgBouncer's connect_query)"
+        f"The statement timeout ({setting}) is sent as a startup option, which PgBouncer does not pass on to "
+        "the server: behind PgBouncer leave it unset and set statement_timeout on the server instead "
+        "(ALTER ROLE <user> IN DATABASE <db> SET statement_timeout = ..., or PgBouncer's connect_query)"
     )
