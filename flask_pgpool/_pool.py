@@ -335,8 +335,8 @@ class ConnectionPool(ThreadedConnectionPool):
         if not state.waiters:
             state.idle.append(record)
             return
+        record.in_use = True  # before the hand-over: the waiter takes it without the lock
         state.waiters.hand_over(record)
-        record.in_use = True
         if state.backoff.active:
             # The new first in line owns the backoff timer now.
             state.waiters.wake_first()
