@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from . import _dsn as dsnlib
+from ._timeouts import DEFAULT_NETWORK_TIMEOUT
 
 __all__ = ["DEFAULT_BIND", "ConfigError", "PgPoolConfigWarning", "PoolSettings", "read_settings"]
 
@@ -49,6 +50,8 @@ class PoolSettings:
     ping_after: float | None = 30.0
     leak_timeout: float | None = None
     connect_timeout: int = 5
+    network_timeout: float | None = DEFAULT_NETWORK_TIMEOUT
+    statement_timeout: float | None = None
     connect_args: Mapping[str, Any] | Callable[[], Mapping[str, Any]] = field(default_factory=dict)
     read_only: bool = False
     configure: Callable[..., None] | None = None
@@ -110,6 +113,25 @@ def _ping_after(key: str, value: Any) -> float | None:
             f"{key} must be a number of seconds >= 0 (0 pings at every checkout), "
             f"or None to never ping, got {value!r}"
         ) from None
+
+
+# Both bounds end up in milliseconds in a C int (tcp_user_timeout, statement_timeout).
+_MAX_BOUND = 2_147_483
+
+
+def _bound(key: str, value: Any) -> float | None:
+    if value is None or (not isinstance(value, bool) and value in (0, "0")):
+        return None
+    try:
+        seconds = _seconds(key, value)
+        if seconds > _MAX_BOUND:
+            raise ConfigError(key)
+    except ConfigError:
+        raise ConfigError(
+            f"{key} must be a number of seconds > 0 (at most {_MAX_BOUND}), or 0 or None to turn it off, "
+            f"got {value!r}"
+        ) from None
+    return seconds
 
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -189,6 +211,8 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "ping_after": _ping_after,
     "leak_timeout": _optional_seconds,
     "connect_timeout": _int(0),
+    "network_timeout": _bound,
+    "statement_timeout": _bound,
     "connect_args": _mapping,
     "read_only": _bool,
     "configure": _callable,

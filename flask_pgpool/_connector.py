@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
-import psycopg2
 from psycopg2.extensions import TRANSACTION_STATUS_IDLE, connection
 
 from . import _dsn as dsnlib
+from . import _timeouts
 from ._credentials import ArgsSource, ConnectParams, DsnSource
 from ._session import close_quietly
 
@@ -40,12 +40,18 @@ class Connector:
         connect_timeout: int,
         read_only: bool,
         configure: Callable[[connection], None] | None,
+        network_timeout: float | None = None,
+        statement_timeout: float | None = None,
+        label: Callable[[str], str] = str,
     ) -> None:
         self.connect_timeout = connect_timeout
+        self.network_timeout = network_timeout
+        self.statement_timeout = statement_timeout
+        self._label = label
         self.read_only = read_only
         self.configure = configure
         # A callable DSN or connect_args is called for every new connection.
-        self._params = ConnectParams(dsn, connect_args, connect_timeout)
+        self._params = ConnectParams(dsn, connect_args, self._complete)
 
     def after_fork(self) -> None:
         self._params.after_fork()
@@ -63,10 +69,22 @@ class Connector:
         """The DSN and the keyword arguments of psycopg2.connect() (a callable is called each time)."""
         return self._params.resolve()
 
+    def _complete(self, dsn: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """``kwargs`` with the pool's bounds added where neither the DSN nor connect_args set them."""
+        # A server that does not answer must fail the connect, not hang it.
+        if self.connect_timeout and "connect_timeout" not in kwargs and "connect_timeout" not in dsnlib.parse(dsn):
+            kwargs["connect_timeout"] = self.connect_timeout
+        kwargs.update(
+            _timeouts.connect_params(
+                dsn, kwargs, network_timeout=self.network_timeout, statement_timeout=self.statement_timeout
+            )
+        )
+        return kwargs
+
     def connect(self) -> connection:
         """Open and set up one connection (blocking: never under the pool's lock)."""
         dsn, kwargs = self.params()
-        conn = cast(connection, psycopg2.connect(dsn, **kwargs))
+        conn = _timeouts.connect(dsn, kwargs, self.statement_timeout, self._label("statement_timeout"))
         try:
             if self.read_only:
                 conn.set_session(readonly=True)
@@ -81,7 +99,7 @@ class Connector:
 
     @property
     def close_timeout(self) -> float:
-        return float(self.connect_timeout or 5)
+        return float(min(b for b in (self.connect_timeout or 5, self.network_timeout) if b))
 
     def redact(self, text: str) -> str:
         return dsnlib.redact(text, self.secrets)

@@ -29,12 +29,19 @@ class ConnectParams:
 
     :meth:`resolve` is called outside the pool's lock, once per connect: a
     callable source is called each time, a fixed one is worked out once.
+    ``complete(dsn, kwargs)`` returns the arguments with the pool's own added
+    (its timeouts, where neither the DSN nor ``connect_args`` set them).
     """
 
-    def __init__(self, dsn: DsnSource, connect_args: ArgsSource, connect_timeout: int) -> None:
+    def __init__(
+        self,
+        dsn: DsnSource,
+        connect_args: ArgsSource,
+        complete: Callable[[str, dict[str, Any]], dict[str, Any]],
+    ) -> None:
         self._dsn_source = dsn
         self._args_source = connect_args
-        self._connect_timeout = connect_timeout
+        self._complete = complete
         self._lock = threading.Lock()
         self._fixed: tuple[str, dict[str, Any]] | None = None
         #: The last DSN used (or the fixed one); None until a callable has been called.
@@ -65,10 +72,7 @@ class ConnectParams:
         dsn = self._call_dsn()
         args = self._call_args()
         self._learn(dsn, args)
-        kwargs = dict(args)
-        # A server that does not answer must fail the connect, not hang it.
-        if self._connect_timeout and "connect_timeout" not in kwargs and "connect_timeout" not in dsnlib.parse(dsn):
-            kwargs["connect_timeout"] = self._connect_timeout
+        kwargs = self._complete(dsn, dict(args))
         self.last_dsn = dsn
         if not self.rotating:
             self._fixed = (dsn, kwargs)

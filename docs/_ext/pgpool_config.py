@@ -71,6 +71,7 @@ _KINDS = {
     "_mapping": "dict or function",
     "_callable": "function or None",
     "_reset": "SQL, function or None",
+    "_bound": "seconds, 0 or None",
 }
 
 # The meaning of each key (the ``doc`` field of Setting, once it exists).
@@ -97,6 +98,11 @@ _FALLBACK_DOCS = {
     "of its checkout. ``None``: off.",
     "connect_timeout": "Seconds a new connection may take to open (libpq's ``connect_timeout``), unless the DSN "
     "sets one. ``0``: no limit.",
+    "network_timeout": "Seconds after which a connection whose network went silent is given up (TCP keepalives "
+    "and ``tcp_user_timeout``): the request gets a 503. A value set in the DSN or ``PGPOOL_CONNECT_ARGS`` wins. "
+    "``0`` or ``None``: off. See Network faults.",
+    "statement_timeout": "Seconds after which the server cancels a statement (``statement_timeout``, sent as a "
+    "startup option, so not through PgBouncer). ``0`` or ``None``: off. See Network faults.",
     "connect_args": "More keyword arguments for ``psycopg2.connect()``, such as "
     '``{"application_name": "shop", "sslmode": "require"}``, or a function returning them, called for every '
     "new connection (an IAM token).",
