@@ -94,9 +94,9 @@ class ConnectionPool(ThreadedConnectionPool):
 
         ``minconn`` connections are kept open once the pool is in use, at most
         ``maxconn`` are ever open. ``dsn`` is a libpq connection string or URL,
-        or a function returning one (called for every new connection). A checkout waits up
-        to ``timeout`` seconds; at most ``max_waiting`` checkouts wait (0: no
-        limit). Idle connections above ``minconn`` close after ``max_idle``
+        or a function returning one (called for every new connection). A
+        checkout waits up to ``timeout`` seconds; at most ``max_waiting``
+        checkouts wait (0: no limit). Idle connections above ``minconn`` close after ``max_idle``
         seconds, every connection after ``max_lifetime`` (with jitter). With
         ``health_check``, a checkout looks at the socket (no round trip) and
         pings a connection idle for ``ping_after`` seconds (None: never, 0:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import threading
 import uuid
 from collections.abc import Iterator
+from typing import cast
 
 import psycopg2
 import pytest
@@ -21,6 +23,8 @@ from support.poolkit import PoolFactory, backend_pid, query_one, via_proxy
 from support.replication import ReplicatedPair, execute, replicated_pair, scalar
 
 from flask_pgpool import PoolTimeout
+from flask_pgpool._health import SocketState
+from flask_pgpool._record import ConnectionRecord, HealthPolicy, Verdict
 
 # The statement of the pool's ping, which verifies a suspect connection.
 PING_SQL = "SELECT 1"
@@ -240,3 +244,21 @@ def test_checkout_once_the_server_is_back_is_served_whatever_the_backoff(
         pool.putconn(conn)
     finally:
         factory.close()
+
+
+@pytest.mark.parametrize("health_check", [True, False])
+def test_a_record_not_verified_since_a_failover_is_pinged(health_check: bool) -> None:
+    """Pure policy: pinged before use even with health checks off, once only."""
+    rec = ConnectionRecord(cast(connection, None), cast(select.poll, None), (), opened_at=10.0, lifetime=3600)
+    policy = HealthPolicy(health_check=health_check, ping_after=None)
+
+    def verdict(verify_before: float) -> Verdict:
+        return rec.checkout_verdict(
+            20.0, SocketState.QUIET, policy, suspect_before=float("-inf"), generation=0, verify_before=verify_before
+        )
+
+    assert verdict(float("-inf")) is Verdict.USE
+    assert verdict(15.0) is Verdict.PING  # a failover was detected after it was opened
+    rec.verified_at = 16.0  # pinged since, and its server took writes
+    assert verdict(15.0) is Verdict.USE
+    assert verdict(float("-inf")) is Verdict.USE
