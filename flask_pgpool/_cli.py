@@ -17,6 +17,7 @@ from psycopg2.extensions import connection
 from ._extension import PgPool
 from ._health import ping
 from ._pool import ConnectionPool
+from ._queries import fetch_one
 
 __all__ = ["status_command"]
 
@@ -112,12 +113,11 @@ def _pool_status(pool: ConnectionPool, timeout: float) -> dict[str, Any]:
 def _server_capacity(conn: connection, status: dict[str, Any]) -> None:
     """The server's connection limit and use, for sizing; best effort (after the ping)."""
     try:
-        with conn.cursor() as cur:
-            cur.execute(
-                "SELECT current_setting('max_connections')::int,"
-                " (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')"
-            )
-            row = cur.fetchone()
+        row = fetch_one(
+            conn,
+            "SELECT current_setting('max_connections')::int,"
+            " (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')",
+        )
         if row is not None:
             status["server_max_connections"], status["server_sessions"] = int(row[0]), int(row[1])
     except Exception:  # a restricted role or a proxy's console: not worth failing the status

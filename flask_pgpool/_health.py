@@ -23,6 +23,10 @@ from collections.abc import Iterator
 
 from psycopg2.extensions import TRANSACTION_STATUS_IDLE, connection
 
+from ._queries import fetch_one
+
+__all__ = ["SocketState", "Watchdog", "bounded", "ping", "poller_for", "socket_state"]
+
 _PEEK_BYTES = 1
 # How late a watchdog may fire, in seconds: its timeouts are whole seconds.
 _GRANULARITY = 0.05
@@ -96,9 +100,7 @@ def ping(conn: connection, timeout: float) -> bool:
             # In autocommit the ping is one round trip and opens no transaction.
             autocommit = conn.autocommit
             conn.autocommit = True
-            with conn.cursor() as cur:
-                cur.execute("SELECT 1")
-                ok = cur.fetchone() == (1,)
+            ok = fetch_one(conn, "SELECT 1") == (1,)
             conn.autocommit = autocommit
         except Exception:
             ok = False
