@@ -80,6 +80,8 @@ def _pool_status(pool: ConnectionPool, timeout: float) -> dict[str, Any]:
         "dsn": None,
         "reachable": False,
         "server_version": None,
+        "host": None,
+        "port": None,
         "round_trip_ms": None,
         "server_max_connections": None,
         "server_sessions": None,
@@ -93,6 +95,8 @@ def _pool_status(pool: ConnectionPool, timeout: float) -> dict[str, Any]:
                 raise ConnectionError("the server did not answer a ping")
             status["round_trip_ms"] = round((time.monotonic() - started) * 1000, 1)
             status["server_version"] = _version(conn.server_version)
+            # With several hosts in the DSN, the one libpq reached.
+            status["host"], status["port"] = conn.info.host, conn.info.port
             status["reachable"] = True
             _server_capacity(conn, status)
         finally:
@@ -131,9 +135,17 @@ def _version(number: int) -> str:
     return f"{major}.{minor}" if major >= 10 else f"{major}.{minor // 100}.{minor % 100}"
 
 
+def _where(host: str, port: int) -> str:
+    # An IPv6 address in brackets, so that its port stands apart.
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("/") else f"{host}:{port}"
+
+
 def _format(name: str, status: dict[str, Any]) -> str:
     if status["reachable"]:
-        answer = f"PostgreSQL {status['server_version']}, answered in {status['round_trip_ms']} ms"
+        answer = (
+            f"PostgreSQL {status['server_version']} at {_where(status['host'], status['port'])}, "
+            f"answered in {status['round_trip_ms']} ms"
+        )
     else:
         answer = f"UNREACHABLE: {status['error']}"
     lines = [
