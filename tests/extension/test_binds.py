@@ -12,7 +12,6 @@ import psycopg2.errors
 import pytest
 from flask import Flask, jsonify
 from psycopg2.extensions import connection, make_dsn
-
 from support.pgcluster import PgCluster, private_cluster
 
 from flask_pgpool import ConfigError, PgPool, get_db

@@ -134,7 +134,9 @@ def test_a_multihost_bind_is_not_redirected_by_the_main_pools_connect_args(
         assert server_port(get_db("cluster")) == b.port
 
 
-def test_labels_and_masking_name_every_host(make_app: Callable[..., Flask], clusters: tuple[PgCluster, PgCluster]) -> None:
+def test_labels_and_masking_name_every_host(
+    make_app: Callable[..., Flask], clusters: tuple[PgCluster, PgCluster]
+) -> None:
     a, b = clusters
     app = make_app(
         PGPOOL_DSN=keyvalue_dsn(a, b, password="'mH-4@pass/word'", target_session_attrs="read-write"),
