@@ -90,7 +90,7 @@ def _number(value: Any) -> Any:
 
 
 def _seconds(label: str, value: Any) -> float:
-    return float(_checked(lambda: _validate.seconds(label, _number(value))))
+    return float(_checked(lambda: _validate.positive_seconds(label, _number(value))))
 
 
 def _leak_timeout(label: str, value: Any) -> float | None:
@@ -151,6 +151,17 @@ def _callable(label: str, value: Any) -> Callable[..., None] | None:
     if value is not None and not callable(value):
         raise ConfigError(f"{label} must be a function taking the new connection, or None, got {value!r}")
     return value  # type: ignore[no-any-return]
+
+
+def _reset(label: str, value: Any) -> str | Callable[..., None] | None:
+    if value is None or callable(value):
+        return value  # type: ignore[no-any-return]
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    raise ConfigError(
+        f"{label} must be SQL to run on each returned connection (such as 'DISCARD ALL'), "
+        f"a function taking the connection, or None, got {value!r}"
+    )
 
 
 def _binds(label: str, value: Any) -> Mapping[str, Any]:
@@ -325,6 +336,19 @@ SETTINGS: tuple[Setting, ...] = (
         """,
     ),
     _setting(
+        "reset",
+        None,
+        "SQL, function or None",
+        _reset,
+        doc="""
+        Run on every returned connection so that no session state reaches the
+        next request: SQL run in autocommit (``"DISCARD ALL"``) or a function
+        given the connection. It costs one round trip per request;
+        ``PGPOOL_CONFIGURE`` runs again after it. A reset that fails closes the
+        connection.
+        """,
+    ),
+    _setting(
         "retry_after",
         1,
         "whole number >= 0",
@@ -388,6 +412,7 @@ class PoolSettings:
     connect_args: Mapping[str, Any]
     read_only: bool
     configure: Callable[..., None] | None
+    reset: str | Callable[..., None] | None
     retry_after: int
     embedded: bool
 
@@ -452,7 +477,7 @@ def read_settings(config: Mapping[str, Any], options: Mapping[str, Any]) -> dict
             "or set PGPOOL_EMBEDDED = True to run a PostgreSQL server in the instance folder"
         )
     default = PoolSettings(**values)
-    _checked(lambda: _validate.sizes("PGPOOL_MINCONN", default.minconn, "PGPOOL_MAXCONN", default.maxconn))
+    _checked(lambda: _validate.check_sizes("PGPOOL_MINCONN", default.minconn, "PGPOOL_MAXCONN", default.maxconn))
     settings = {DEFAULT_BIND: default}
     binds_key = _BY_NAME["binds"].key
     binds = _binds(binds_key, config[binds_key] if binds_key in config else options.get("binds"))
@@ -492,7 +517,7 @@ def _bind_settings(bind: str, spec: Any, default: PoolSettings) -> PoolSettings:
 
 def _bind_sizes(where: str, settings: PoolSettings) -> None:
     try:
-        _validate.sizes("minconn", settings.minconn, "maxconn", settings.maxconn)
+        _validate.check_sizes("minconn", settings.minconn, "maxconn", settings.maxconn)
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from None
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import threading
 import types
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -208,7 +209,19 @@ def _make_pool(app: Flask, name: str, settings: PoolSettings) -> ConnectionPool:
         read_only=settings.read_only,
         configure=settings.configure,
         connect_args=settings.connect_args,
+        reset=settings.reset,
+        label=_setting_label(app, name),
     )
+
+
+def _setting_label(app: Flask, bind: str) -> Callable[[str], str]:
+    """How the pool names its options in messages: by the config key to change."""
+    if bind != DEFAULT_BIND:
+        return lambda option: f"PGPOOL_BINDS[{bind!r}][{option!r}]"
+    dsn_key = "PGPOOL_DSN"
+    if not str(app.config.get("PGPOOL_DSN") or "").strip() and os.environ.get("DATABASE_URL"):
+        dsn_key = "the DATABASE_URL environment variable"
+    return lambda option: dsn_key if option == "dsn" else f"PGPOOL_{option.upper()}"
 
 
 def _teardown(exc: BaseException | None) -> None:

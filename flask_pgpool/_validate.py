@@ -1,62 +1,64 @@
-"""Checks of pool sizes and durations, shared by the configuration and the engine.
+"""Checks of pool sizes and durations, shared by the pool and the configuration.
 
-Each function takes the label to name in the error (a ``PGPOOL_`` key, or an
-option name such as ``"maxconn"``) and the value; it returns the value in its
-canonical type or raises :class:`ValueError` with a message that starts with
-the label and quotes the value. They parse nothing: turning ``"5"`` from the
-environment into ``5`` is the configuration's job.
+Each function takes the label to name in the error (an option name such as
+``"maxconn"`` for the pool, a ``PGPOOL_`` key for the configuration) and the
+value; it returns the value in its canonical type or raises
+:class:`ValueError` with a message that starts with the label and quotes the
+value. They parse nothing: turning ``"5"`` from the environment into ``5`` is
+the configuration's job.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
-__all__ = ["optional_seconds", "seconds", "sizes", "whole_number"]
+__all__ = ["check_sizes", "nonnegative_seconds", "optional_seconds", "positive_seconds", "whole_number"]
 
 
-def whole_number(label: str, value: object, *, minimum: int) -> int:
+def whole_number(name: str, value: Any, minimum: int) -> int:
     """``value`` if it is an int (not a bool) of at least ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{label} must be a whole number >= {minimum}, got {value!r}")
+        raise ValueError(f"{name} must be a whole number >= {minimum}, got {value!r}")
     return value
 
 
-def seconds(label: str, value: object) -> float:
+def check_sizes(min_name: str, minconn: Any, max_name: str, maxconn: Any) -> None:
+    """Both whole numbers (minconn >= 0, maxconn >= 1), and minconn <= maxconn."""
+    whole_number(min_name, minconn, 0)
+    whole_number(max_name, maxconn, 1)
+    if minconn > maxconn:
+        raise ValueError(f"{min_name} ({minconn}) must not be greater than {max_name} ({maxconn})")
+
+
+def positive_seconds(name: str, value: Any) -> float:
     """``value`` as a float, if it is a finite number of seconds > 0."""
-    if not _positive_number(value):
-        raise ValueError(f"{label} must be a number of seconds > 0, got {value!r}")
-    return float(value)  # type: ignore[arg-type]
+    if not _seconds(value) or value == 0:
+        raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
+    return float(value)
 
 
-def optional_seconds(label: str, value: object, *, none_means: str, zero_means: str | None = None) -> float | None:
-    """``value`` as a float, None for None; 0 only when ``zero_means`` says what it does.
+def nonnegative_seconds(name: str, value: Any) -> float:
+    """``value`` as a float, if it is a finite number of seconds >= 0."""
+    if not _seconds(value):
+        raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
+    return float(value)
 
-    ``none_means`` and ``zero_means`` complete the error message: "or None
-    {none_means}", "(0 {zero_means})".
+
+def optional_seconds(name: str, value: Any, *, none_means: str, zero_means: str | None = None) -> float | None:
+    """``value`` as a float, or None; 0 only when ``zero_means`` says what it does.
+
+    ``none_means`` and ``zero_means`` complete the error message: "..., or
+    None {none_means}" and "(0 {zero_means})".
     """
     if value is None:
         return None
-    if zero_means is not None and not isinstance(value, bool) and isinstance(value, (int, float)) and value == 0:
-        return 0.0
-    if not _positive_number(value):
-        at_least = f">= 0 (0 {zero_means})" if zero_means is not None else "> 0"
-        raise ValueError(f"{label} must be a number of seconds {at_least}, or None {none_means}, got {value!r}")
-    return float(value)  # type: ignore[arg-type]
+    if _seconds(value) and (value > 0 or zero_means is not None):
+        return float(value)
+    at_least = f">= 0 (0 {zero_means})" if zero_means is not None else "> 0"
+    raise ValueError(f"{name} must be a number of seconds {at_least}, or None {none_means}, got {value!r}")
 
 
-def sizes(min_label: str, minconn: object, max_label: str, maxconn: object) -> tuple[int, int]:
-    """``(minconn, maxconn)`` if both are whole numbers (>= 0, >= 1) and minconn <= maxconn."""
-    low = whole_number(min_label, minconn, minimum=0)
-    high = whole_number(max_label, maxconn, minimum=1)
-    if low > high:
-        raise ValueError(f"{min_label} ({low}) must not be greater than {max_label} ({high})")
-    return low, high
-
-
-def _positive_number(value: object) -> bool:
-    return (
-        not isinstance(value, bool)
-        and isinstance(value, (int, float))
-        and math.isfinite(value)
-        and value > 0
-    )
+def _seconds(value: Any) -> bool:
+    """A finite number >= 0 (a bool is not a number of seconds)."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and value >= 0

@@ -190,8 +190,7 @@ def _open(pool: ConnectionPool) -> connection:
 
     from ._queries import execute
 
-    dsn, kwargs = pool._connect_params()
-    kwargs = dict(kwargs)
+    dsn, kwargs = pool.connect_params()
     base = kwargs.pop("connection_factory", None) or plain
     factory = type(f"RolledBack[{base.__name__}]", (RolledBackConnection, base), {})
     conn = cast("connection", psycopg2.connect(dsn, connection_factory=factory, **kwargs))

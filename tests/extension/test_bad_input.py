@@ -51,6 +51,7 @@ WRONG: dict[str, tuple[str, list[Any]]] = {
     "PGPOOL_CONNECT_ARGS": ("dict of psycopg2.connect() keyword arguments", ["sslmode=require", ["a"], {1: "x"}]),
     "PGPOOL_READ_ONLY": ("True or False", ["sometimes", 2, None]),
     "PGPOOL_CONFIGURE": ("function taking the new connection", ["myapp.db.configure", 42, True]),
+    "PGPOOL_RESET": ("SQL to run on each returned connection", ["", "   ", 42, True, ["DISCARD ALL"]]),
     "PGPOOL_RETRY_AFTER": ("whole number >= 0", [-1, "later", 1.5, True, None]),
     "PGPOOL_EMBEDDED": ("True or False", ["perhaps", 3, None]),
     "PGPOOL_BINDS": (

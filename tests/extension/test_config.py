@@ -161,6 +161,7 @@ REFUSED = [
     ("PGPOOL_CONNECT_ARGS", {1: "x"}, "dict of psycopg2.connect() keyword arguments"),
     ("PGPOOL_READ_ONLY", "sometimes", "True or False"),
     ("PGPOOL_CONFIGURE", "myapp.db.configure", "function taking the new connection"),
+    ("PGPOOL_RESET", 42, "SQL to run on each returned connection"),
     ("PGPOOL_RETRY_AFTER", -1, "whole number >= 0"),
     ("PGPOOL_RETRY_AFTER", 1.5, "whole number >= 0"),
     ("PGPOOL_EMBEDDED", "perhaps", "True or False"),

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Any
 
 import pytest
 
 from flask_pgpool import ConfigError
 from flask_pgpool._config import DEFAULT_BIND, KNOWN_KEYS, SETTINGS, Setting, option_names, read_settings
-from flask_pgpool._validate import optional_seconds, seconds, sizes, whole_number
+from flask_pgpool._validate import check_sizes, nonnegative_seconds, optional_seconds, positive_seconds, whole_number
 
 DSN = "host=127.0.0.1 port=9 dbname=app user=app"
 
@@ -79,19 +80,26 @@ def test_a_bind_may_set_what_the_declaration_says(setting: Setting) -> None:
 
 @pytest.mark.parametrize("label", ["PGPOOL_MAXCONN", "maxconn"])
 def test_whole_number(label: str) -> None:
-    assert whole_number(label, 3, minimum=1) == 3
+    assert whole_number(label, 3, 1) == 3
     for wrong in (0, -1, 1.5, "3", True, None):
-        with pytest.raises(ValueError, match=rf"^{label} must be a whole number >= 1, got {wrong!r}$"):
-            whole_number(label, wrong, minimum=1)
+        with pytest.raises(ValueError, match=rf"^{label} must be a whole number >= 1, got {re.escape(repr(wrong))}$"):
+            whole_number(label, wrong, 1)
 
 
 @pytest.mark.parametrize("label", ["PGPOOL_TIMEOUT", "timeout"])
-def test_seconds(label: str) -> None:
-    assert seconds(label, 2) == 2.0 and isinstance(seconds(label, 2), float)
-    assert seconds(label, 0.25) == 0.25
+def test_positive_seconds(label: str) -> None:
+    assert positive_seconds(label, 2) == 2.0 and isinstance(positive_seconds(label, 2), float)
+    assert positive_seconds(label, 0.25) == 0.25
     for wrong in (0, -1, math.inf, math.nan, "2", True, None):
         with pytest.raises(ValueError, match=rf"^{label} must be a number of seconds > 0, got "):
-            seconds(label, wrong)
+            positive_seconds(label, wrong)
+
+
+def test_nonnegative_seconds() -> None:
+    assert nonnegative_seconds("ping_after", 0) == 0.0
+    for wrong in (-1, math.inf, math.nan, "0", False, None):
+        with pytest.raises(ValueError, match=r"^ping_after must be a number of seconds >= 0, got "):
+            nonnegative_seconds("ping_after", wrong)
 
 
 def test_optional_seconds() -> None:
@@ -109,11 +117,11 @@ def test_optional_seconds() -> None:
             optional_seconds("ping_after", wrong, **ping)
 
 
-def test_sizes() -> None:
-    assert sizes("minconn", 0, "maxconn", 1) == (0, 1)
+def test_check_sizes() -> None:
+    check_sizes("minconn", 0, "maxconn", 1)
     with pytest.raises(ValueError, match=r"^minconn \(5\) must not be greater than maxconn \(4\)$"):
-        sizes("minconn", 5, "maxconn", 4)
+        check_sizes("minconn", 5, "maxconn", 4)
     with pytest.raises(ValueError, match=r"^PGPOOL_MINCONN must be a whole number >= 0, got -1$"):
-        sizes("PGPOOL_MINCONN", -1, "PGPOOL_MAXCONN", 4)
+        check_sizes("PGPOOL_MINCONN", -1, "PGPOOL_MAXCONN", 4)
     with pytest.raises(ValueError, match=r"^PGPOOL_MAXCONN must be a whole number >= 1, got 0$"):
-        sizes("PGPOOL_MINCONN", 0, "PGPOOL_MAXCONN", 0)
+        check_sizes("PGPOOL_MINCONN", 0, "PGPOOL_MAXCONN", 0)

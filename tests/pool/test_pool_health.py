@@ -166,7 +166,7 @@ def test_max_lifetime_is_enforced_at_return(make_pool: PoolFactory) -> None:
 def test_max_lifetime_is_enforced_at_checkout(make_pool: PoolFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     pool = make_pool(0, 2, max_lifetime=0.5)
     # Keep the housekeeper from closing it first: the checkout alone must refuse it.
-    monkeypatch.setattr(pool, "_housekeeping_interval", lambda: 60.0)
+    monkeypatch.setattr("flask_pgpool._housekeeper._interval", lambda pool: 60.0)
     conn = pool.getconn()
     pool.putconn(conn)
     time.sleep(0.7)
@@ -181,8 +181,8 @@ def test_lifetimes_have_jitter(make_pool: PoolFactory) -> None:
     pool = make_pool(8, 8, max_lifetime=100)
     pool.putconn(pool.getconn())
     wait_until(lambda: pool.get_stats()["pool_available"] == 8, timeout=10, what="8 connections")
-    slots: list[Any] = list(pool._slots.values())
-    lifetimes = [slot.expires - slot.last_used for slot in slots]
+    records: list[Any] = list(pool._state.records.values())
+    lifetimes = [record.expires - record.opened_at for record in records]
     assert all(89.9 <= t <= 100.01 for t in lifetimes), lifetimes
     assert max(lifetimes) - min(lifetimes) > 0.5, "connections opened together expire together"
 

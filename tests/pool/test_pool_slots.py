@@ -11,7 +11,6 @@ import psycopg2.pool
 import pytest
 from psycopg2.extensions import connection
 from support.poolkit import PoolFactory, backend_pid, query_one, terminate
-from support.userconfigs import UserConfig
 
 from flask_pgpool import ConnectionPool, PoolTimeout
 
@@ -32,18 +31,6 @@ class FaultyConnection(connection):
 
 def _faulty(make_pool: PoolFactory, maxconn: int = 1, **options: Any) -> ConnectionPool:
     return make_pool(0, maxconn, connect_args={"connection_factory": FaultyConnection}, timeout=2, **options)
-
-
-@pytest.fixture
-def rollback_in_autocommit(request: pytest.FixtureRequest, user_config: UserConfig) -> None:
-    """Known gap: in autocommit psycopg2's rollback() sends nothing, even inside a BEGIN the
-    session sent itself, so the returned connection keeps its transaction (and its locks) until
-    the next checkout discards it. The fix is a ROLLBACK statement when the server's status says
-    a transaction is open; until then these tests fail, as they must, under autocommit."""
-    if user_config.autocommit:
-        request.applymarker(
-            pytest.mark.xfail(strict=True, reason="putconn() does not roll back a BEGIN sent in autocommit")
-        )
 
 
 def open_transaction(conn: connection) -> None:
@@ -85,7 +72,6 @@ def test_exception_escaping_putconn_still_frees_the_slot(make_pool: PoolFactory)
 
 
 @pytest.mark.no_pgbouncer  # kills or configures the server session itself
-@pytest.mark.usefixtures("rollback_in_autocommit")
 def test_connection_dead_on_return_inside_a_transaction(make_pool: PoolFactory, admin: connection) -> None:
     pool = make_pool(0, 1, timeout=2)
     conn = pool.getconn()
@@ -96,7 +82,6 @@ def test_connection_dead_on_return_inside_a_transaction(make_pool: PoolFactory, 
     _assert_free(pool)
 
 
-@pytest.mark.usefixtures("rollback_in_autocommit")
 def test_open_transaction_is_rolled_back_on_return(make_pool: PoolFactory) -> None:
     pool = make_pool(0, 1)
     conn = pool.getconn()

@@ -119,10 +119,11 @@ class PoolMachine(RuleBasedStateMachine):
 
     @invariant()
     def counts_add_up(self) -> None:
-        with self.pool._lock:
-            stats = self.pool._snapshot()
-            opening = self.pool._opening
-            in_use = len(self.pool._used)
+        state = self.pool._state
+        with state.lock:
+            stats = self.pool._snapshot(state)
+            opening = state.opening
+            in_use = sum(record.in_use for record in state.records.values())
         assert in_use == len(self.held)
         assert stats["pool_size"] == stats["pool_available"] + in_use + opening
         # Above maxconn only while connections checked out before a shrink are still out.
