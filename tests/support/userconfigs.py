@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import threading
 import uuid
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -187,11 +188,18 @@ class KeyedPool(ConnectionPool):
         super().__init__(*args, **kwargs)
         self._test_keys: dict[int, Hashable] = {}
         self._key_numbers = itertools.count()
+        self._keying = threading.local()
 
     def getconn(self, key: Hashable | None = None, timeout: float | None = None) -> connection:
-        if key is None:
-            key = ("test-key", next(self._key_numbers))
-        conn = super().getconn(key, timeout)
+        # The pool's keyed checkout may call getconn() itself, without a key: pass that through.
+        if key is not None or getattr(self._keying, "active", False):
+            return super().getconn(key, timeout)
+        key = ("test-key", next(self._key_numbers))
+        self._keying.active = True
+        try:
+            conn = super().getconn(key, timeout)
+        finally:
+            self._keying.active = False
         self._test_keys[id(conn)] = key
         return conn
 
