@@ -121,7 +121,7 @@ def test_after_a_dead_connection_older_idle_ones_are_pinged(
         pinged.append(backend_pid(conn))
         return real_ping(conn, timeout)
 
-    monkeypatch.setattr("flask_pgpool._pool.ping", spy)
+    monkeypatch.setattr("flask_pgpool._checkout.ping", spy)
     terminate(admin, backend_pid(newer))
     got = pool.getconn()
     assert got is older
