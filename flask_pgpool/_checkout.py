@@ -189,7 +189,7 @@ def next_step(pool: ConnectionPool, state: ProcessState, waiter: Waiter, limit: 
             state.counters.requests_errors += 1
             raise _messages.too_many_error(pool)
         else:
-            state.waiters.append(waiter)
+            state.waiters.enqueue(waiter)
     waiter.spawn = grow(pool, state, now)
     if not waiter.queued and state.opening < len(state.waiters):
         # No connection is on its way for this checkout.
@@ -200,14 +200,19 @@ def next_step(pool: ConnectionPool, state: ProcessState, waiter: Waiter, limit: 
 
 
 def give_up_at(pool: ConnectionPool, state: ProcessState, waiter: Waiter, now: float) -> float:
-    """Under the lock: when the waiter stops waiting: at its deadline, or
-    soon once the database is down (the last connect failed and nothing is open)."""
-    if state.backoff.active and not state.records:
-        if waiter.down_since is None:
-            waiter.down_since = now
-        return min(waiter.deadline, waiter.down_since + FAIL_FAST)
-    waiter.down_since = None
-    return waiter.deadline
+    """Under the lock: when the waiter stops waiting: at its deadline, or soon
+    once the database is down (a connect failed and nothing is open): after
+    :data:`FAIL_FAST` seconds, and once an attempt made since then failed too."""
+    backoff = state.backoff
+    if not backoff.active or state.records:
+        waiter.down_since = None
+        return waiter.deadline
+    if waiter.down_since is None:
+        waiter.down_since = now
+        waiter.failures_seen = backoff.failures
+    if backoff.failures == waiter.failures_seen:
+        return waiter.deadline  # no attempt has failed since: wait for the next one
+    return min(waiter.deadline, waiter.down_since + FAIL_FAST)
 
 
 def wait_time(pool: ConnectionPool, state: ProcessState, waiter: Waiter, now: float, give_up: float) -> float:

@@ -14,7 +14,7 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from . import _dsn as dsnlib
@@ -394,27 +394,35 @@ KNOWN_KEYS = frozenset(s.key for s in SETTINGS)
 _NOT_INHERITED = frozenset({"dsn", "minconn", "maxconn", "connect_args"})
 
 
+_DEFAULTS: dict[str, Any] = {s.name: s.default for s in SETTINGS}
+
+
+def _default(name: str) -> Any:
+    value = _DEFAULTS[name]
+    return dict(value) if isinstance(value, Mapping) else value
+
+
 @dataclass(frozen=True, repr=False)
 class PoolSettings:
-    """The validated settings of one pool (the defaults are those of :data:`SETTINGS`)."""
+    """The validated settings of one pool; the defaults are those of :data:`SETTINGS`."""
 
-    dsn: str | None
-    minconn: int
-    maxconn: int
-    timeout: float
-    max_waiting: int
-    max_idle: float
-    max_lifetime: float
-    health_check: bool
-    ping_after: float | None
-    leak_timeout: float | None
-    connect_timeout: int
-    connect_args: Mapping[str, Any]
-    read_only: bool
-    configure: Callable[..., None] | None
-    reset: str | Callable[..., None] | None
-    retry_after: int
-    embedded: bool
+    dsn: str | None = _DEFAULTS["dsn"]
+    minconn: int = _DEFAULTS["minconn"]
+    maxconn: int = _DEFAULTS["maxconn"]
+    timeout: float = _DEFAULTS["timeout"]
+    max_waiting: int = _DEFAULTS["max_waiting"]
+    max_idle: float = _DEFAULTS["max_idle"]
+    max_lifetime: float = _DEFAULTS["max_lifetime"]
+    health_check: bool = _DEFAULTS["health_check"]
+    ping_after: float | None = _DEFAULTS["ping_after"]
+    leak_timeout: float | None = _DEFAULTS["leak_timeout"]
+    connect_timeout: int = _DEFAULTS["connect_timeout"]
+    connect_args: Mapping[str, Any] = field(default_factory=lambda: _default("connect_args"))
+    read_only: bool = _DEFAULTS["read_only"]
+    configure: Callable[..., None] | None = _DEFAULTS["configure"]
+    reset: str | Callable[..., None] | None = _DEFAULTS["reset"]
+    retry_after: int = _DEFAULTS["retry_after"]
+    embedded: bool = _DEFAULTS["embedded"]
 
     def __repr__(self) -> str:
         # The DSN and the connect arguments may hold a password.
@@ -427,11 +435,6 @@ class PoolSettings:
 
 _POOL_SETTINGS = tuple(s for s in SETTINGS if s.name != "binds")
 assert [s.name for s in _POOL_SETTINGS] == [f.name for f in fields(PoolSettings)]
-
-
-def _default(name: str) -> Any:
-    value = _BY_NAME[name].default
-    return dict(value) if isinstance(value, Mapping) else value
 
 
 def option_names() -> list[str]:

@@ -24,9 +24,9 @@ __all__ = ["Backoff", "Connector"]
 # Reconnection backoff while the server is unreachable: doubling from the
 # first delay up to the last, with jitter so that workers do not knock in step.
 BACKOFF_FIRST = 0.1
-# Kept well below the default timeout, so that once the server is back a
-# waiting checkout sees a new attempt before it times out.
-BACKOFF_MAX = 2.0
+# Kept short, so that once the server is back a waiting checkout sees a new
+# attempt within about a second (checkouts fail fast while it is down).
+BACKOFF_MAX = 1.0
 
 
 class Connector:
@@ -112,9 +112,10 @@ class Backoff:
     :data:`BACKOFF_MAX`, jittered); one success resets it.
     """
 
-    __slots__ = ("delay", "last_error", "next_at")
+    __slots__ = ("delay", "failures", "last_error", "next_at")
 
     def __init__(self) -> None:
+        self.failures = 0  # attempts failed so far, ever
         self.delay = 0.0
         self.next_at = 0.0
         self.last_error: str | None = None
@@ -130,6 +131,7 @@ class Backoff:
     def failed(self, now: float, error: str) -> bool:
         """Record a failed attempt; return whether it is the first of a series."""
         first = not self.active
+        self.failures += 1
         self.delay = min(BACKOFF_MAX, self.delay * 2 or BACKOFF_FIRST)
         self.next_at = now + self.delay * random.uniform(0.5, 1.0)
         self.last_error = error

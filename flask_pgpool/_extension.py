@@ -54,6 +54,13 @@ class PgPool:
     """
 
     def __init__(self, app: Flask | None = None, **options: Any) -> None:
+        """Set up the extension, and ``app`` with it when given.
+
+        ``options`` are the ``PGPOOL_`` settings in lower case without the
+        prefix (``maxconn=20``, ``binds={...}``), used as defaults for every
+        app; an unknown option raises :class:`TypeError` naming the closest
+        one. Values are checked at :meth:`init_app`.
+        """
         self._options = check_options(options)
         self._states: weakref.WeakKeyDictionary[Flask, _AppState] = weakref.WeakKeyDictionary()
         if app is not None:

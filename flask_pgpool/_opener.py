@@ -116,7 +116,8 @@ def connect_failed(pool: ConnectionPool, state: ProcessState, started: float, er
         state.counters.connections_errors += 1
         state.counters.connections_ms += int((now - started) * 1000)
         first = state.backoff.failed(now, message)
-        state.waiters.wake_first()
+        # Each decides whether to give up (the database is down) or wait for the next attempt.
+        state.waiters.wake_each()
     log = _log.warning if first else _log.debug
     log("pool %r: cannot connect (retrying with backoff): %s", pool.name, message)
     pool._observers.notify("connect_error", now - started)

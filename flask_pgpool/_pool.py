@@ -35,9 +35,9 @@ from psycopg2.pool import PoolError, ThreadedConnectionPool
 from . import _checkout, _fork, _housekeeper, _maintenance, _messages
 from . import _dsn as dsnlib
 from ._connector import Connector
-from ._health import SocketState, peek_state
+from ._health import SocketState, quick_state
 from ._record import ConnectionRecord, HealthPolicy
-from ._session import Reset, close_quietly, reset_for_reuse
+from ._session import Reset, close_quietly, reset_for_reuse, session_of
 from ._state import ProcessState
 from ._stats import STATS_KEYS, Observer, Observers
 from ._validate import check_sizes, nonnegative_seconds, positive_seconds, whole_number
@@ -123,6 +123,8 @@ class ConnectionPool(ThreadedConnectionPool):
         )
         self.reset = reset
         self._label = label or str
+        # The bound of a ping, a rollback or a close.
+        self._ping_limit = float(min(self.timeout, connect_timeout)) if connect_timeout else self.timeout
         self._connector = Connector(
             dsn,
             connect_args=connect_args,
@@ -139,22 +141,27 @@ class ConnectionPool(ThreadedConnectionPool):
 
     @property
     def health_check(self) -> bool:
+        """Whether a checkout checks an idle connection (the ``health_check`` option)."""
         return self._health.health_check
 
     @property
     def ping_after(self) -> float | None:
+        """Seconds of idleness after which the checkout check pings (``ping_after``)."""
         return self._health.ping_after
 
     @property
     def max_idle(self) -> float:
+        """Seconds an idle connection above ``minconn`` is kept (``max_idle``)."""
         return self._health.max_idle
 
     @property
     def read_only(self) -> bool:
+        """Whether every connection is a read-only session (``read_only``)."""
         return self._connector.read_only
 
     @property
     def configure(self) -> Callable[[connection], None] | None:
+        """The function run on each new connection (``configure``), or None."""
         return self._connector.configure
 
     # -- checkout ----------------------------------------------------------
@@ -186,11 +193,11 @@ class ConnectionPool(ThreadedConnectionPool):
         started = _monotonic()
         limit = self.timeout if timeout is None else timeout
         if record is not None and _checkout.check_out(self, state, record, started, started + limit):
-            if self._observers:
+            if self._observers.callbacks:
                 self._observers.notify("checkout", 0.0)
             return record.conn
         record = _checkout.wait_for_connection(self, state, started, limit)
-        if self._observers:
+        if self._observers.callbacks:
             self._observers.notify("checkout", _monotonic() - started)
         return record.conn
 
@@ -203,37 +210,70 @@ class ConnectionPool(ThreadedConnectionPool):
         connection is closed instead of pooled. Returning a connection that is
         not checked out from this pool raises :class:`psycopg2.pool.PoolError`.
         """
+        # No pid check here (it costs a system call): in a child that forked
+        # without Python's fork hooks, the first getconn() resets the pool, and
+        # a connection inherited from the parent is then unknown here.
         state = self._state
-        if state.pid != _getpid():
-            state = _fork.reset_if_forked(self)
+        record = state.records.get(id(conn)) if conn is not None else None
+        # The common case, in one lock section: a connection returned as it
+        # was handed out (nothing to roll back or restore, its socket quiet).
+        if record is not None and not close and self._clean(record):
+            now = _monotonic()
+            with state.lock:
+                record = self._checked_out_record(state, conn, key)
+                kept = self._keep(state, record, now)
+                if kept:
+                    self._release(state, record)
+                    record.last_used = now
+                    self._give_back(state, record)
+            if kept:
+                if self._observers.callbacks:
+                    self._observers.notify("return", now - record.checked_out_at)
+                return
+        self._putconn_slow(state, conn, key, close)
+
+    def _putconn_slow(self, state: ProcessState, conn: connection | None, key: Hashable | None, close: bool) -> None:
+        """Return a connection that needs work (a rollback, a reset) or must be closed."""
         with state.lock:
             record = self._checked_out_record(state, conn, key)
-            record.in_use = False  # nobody can return it twice from here on
-            if record.key is not None:
-                del state.keys[record.key]
-                record.key = None
-        conn = record.conn
+            self._release(state, record)  # nobody can return it twice from here on
         keep = False
         try:
             keep = not (close or self.closed) and self._reset(record)
         finally:
             now = _monotonic()
             with state.lock:
-                keep = (
-                    keep
-                    and not self.closed
-                    and state.size <= self.maxconn
-                    and record.keep_after_return(now, generation=state.generation)
-                )
+                keep = keep and self._keep(state, record, now)
                 if keep:
                     record.last_used = now
                     self._give_back(state, record)
                 else:
                     self._forget(state, record)
             if not keep:
-                self._close(conn)
-        if self._observers:
+                self._close(record.conn)
+        if self._observers.callbacks:
             self._observers.notify("return", now - record.checked_out_at)
+
+    def _clean(self, record: ConnectionRecord) -> bool:
+        """Outside the lock, without a round trip or a system call: can the
+        connection go back as it is? (The next checkout looks at its socket.)"""
+        conn = record.conn
+        return self.reset is None and quick_state(conn) is SocketState.QUIET and session_of(conn) == record.session
+
+    def _keep(self, state: ProcessState, record: ConnectionRecord, now: float) -> bool:
+        """Under the lock: may a returned connection in good order stay in the pool?"""
+        return (
+            not self.closed
+            and len(state.records) + state.opening <= self.maxconn
+            and record.keep_after_return(now, state.generation)
+        )
+
+    def _release(self, state: ProcessState, record: ConnectionRecord) -> None:
+        """Under the lock: the connection is no longer checked out (nor under its key)."""
+        record.in_use = False
+        if record.key is not None:
+            del state.keys[record.key]
+            record.key = None
 
     def _checked_out_record(
         self, state: ProcessState, conn: connection | None, key: Hashable | None
@@ -257,8 +297,6 @@ class ConnectionPool(ThreadedConnectionPool):
         conn = record.conn
         try:
             reset_for_reuse(conn, record.session, self._ping_limit, self.reset, self._connector.configure)
-            if self._health.health_check and peek_state(conn, record.poller) is SocketState.DEAD:
-                raise OSError("the server closed the connection while it was checked out")
         except Exception as exc:
             with self._state.lock:
                 self._state.counters.returns_bad += 1
@@ -272,13 +310,14 @@ class ConnectionPool(ThreadedConnectionPool):
 
     def _give_back(self, state: ProcessState, record: ConnectionRecord) -> None:
         """Under the lock: hand a healthy connection to the first waiter, or make it idle."""
-        if state.waiters.hand_over(record):
-            record.in_use = True
-            if state.backoff.active:
-                # The new first in line owns the backoff timer now.
-                state.waiters.wake_first()
-        else:
+        if not state.waiters:
             state.idle.append(record)
+            return
+        state.waiters.hand_over(record)
+        record.in_use = True
+        if state.backoff.active:
+            # The new first in line owns the backoff timer now.
+            state.waiters.wake_first()
 
     def _forget(self, state: ProcessState, record: ConnectionRecord) -> None:
         """Under the lock: the connection leaves the pool; its slot is free."""
@@ -304,11 +343,6 @@ class ConnectionPool(ThreadedConnectionPool):
         """Outside the lock: close a connection that leaves the pool (bounded in time)."""
         close_quietly(conn, self._ping_limit)
 
-    @property
-    def _ping_limit(self) -> float:
-        """The bound of a ping, a rollback or a close."""
-        connect_timeout = self._connector.connect_timeout
-        return float(min(self.timeout, connect_timeout)) if connect_timeout else self.timeout
 
     # -- managing the pool ---------------------------------------------------
 

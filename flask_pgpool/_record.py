@@ -119,7 +119,7 @@ class ConnectionRecord:
             return Verdict.PING
         return Verdict.USE
 
-    def keep_after_return(self, now: float, *, generation: int) -> bool:
+    def keep_after_return(self, now: float, generation: int) -> bool:
         """May a connection returned in good order go back to the idle list?"""
         return now < self.expires and self.generation >= generation
 
