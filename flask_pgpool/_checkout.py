@@ -131,14 +131,18 @@ def wait_for_connection(pool: ConnectionPool, state: ProcessState, started: floa
             with state.lock:
                 record = next_step(pool, state, waiter, limit)
             spawn(pool, state, waiter.spawn)
-            if record is None:
-                waiter.wait(waiter.sleep)
-            elif check_out(pool, state, record, _monotonic(), waiter.deadline):
+            # Asleep until a hand-over (taken without the pool's lock) or a nudge.
+            while record is None and waiter.wait(waiter.sleep):
+                record = waiter.take_handed()
+                if record is None:
+                    break  # nudged: look again under the lock
+            if record is not None and check_out(pool, state, record, _monotonic(), waiter.deadline):
                 if waiter.queued:
                     with state.lock:
                         state.counters.requests_wait_ms += int((_monotonic() - started) * 1000)
                 return record
-            # Otherwise it was dead or handed on: the waiter keeps its place.
+            # Otherwise it timed out, was nudged, or its connection was dead or
+            # handed on: the next step decides, and the waiter keeps its place.
     except (PoolTimeout, TooManyRequests) as exc:
         waited = _monotonic() - started
         # The caller gets the exception (Flask: a 503, logged there); INFO keeps a trace here.

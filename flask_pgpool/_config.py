@@ -19,6 +19,7 @@ from typing import Any
 
 from . import _dsn as dsnlib
 from . import _validate
+from ._timeouts import DEFAULT_NETWORK_TIMEOUT
 
 __all__ = [
     "DEFAULT_BIND",
@@ -105,6 +106,26 @@ def _ping_after(label: str, value: Any) -> float | None:
         )
     )
     return None if checked is None else float(checked)
+
+
+# Both bounds end up in milliseconds in a C int (tcp_user_timeout, statement_timeout).
+_MAX_BOUND = 2_147_483
+
+
+def _bound(label: str, value: Any) -> float | None:
+    if value is None or (not isinstance(value, bool) and value in (0, "0")):
+        return None
+    value = _number(value)
+    try:
+        seconds = _validate.positive_seconds(label, value)
+    except ValueError:
+        seconds = None
+    if seconds is None or seconds > _MAX_BOUND:
+        raise ConfigError(
+            f"{label} must be a number of seconds > 0 (at most {_MAX_BOUND}), or 0 or None to turn it off, "
+            f"got {value!r}"
+        )
+    return seconds
 
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -303,6 +324,28 @@ SETTINGS: tuple[Setting, ...] = (
         """,
     ),
     _setting(
+        "network_timeout",
+        DEFAULT_NETWORK_TIMEOUT,
+        "seconds > 0, 0 or None",
+        _bound,
+        doc="""
+        Seconds after which a connection whose network went silent is given up
+        (TCP keepalives and ``tcp_user_timeout``): the request gets a 503. A value
+        set in the DSN or ``PGPOOL_CONNECT_ARGS`` wins. ``0`` or ``None``: off.
+        """,
+    ),
+    _setting(
+        "statement_timeout",
+        None,
+        "seconds > 0, 0 or None",
+        _bound,
+        doc="""
+        Seconds after which the server cancels a statement (``statement_timeout``,
+        sent as a startup option, so not through PgBouncer). ``0`` or ``None``:
+        off.
+        """,
+    ),
+    _setting(
         "connect_args",
         {},
         "dict of psycopg2.connect() arguments",
@@ -417,6 +460,8 @@ class PoolSettings:
     ping_after: float | None = _DEFAULTS["ping_after"]
     leak_timeout: float | None = _DEFAULTS["leak_timeout"]
     connect_timeout: int = _DEFAULTS["connect_timeout"]
+    network_timeout: float | None = _DEFAULTS["network_timeout"]
+    statement_timeout: float | None = _DEFAULTS["statement_timeout"]
     connect_args: Mapping[str, Any] = field(default_factory=lambda: _default("connect_args"))
     read_only: bool = _DEFAULTS["read_only"]
     configure: Callable[..., None] | None = _DEFAULTS["configure"]

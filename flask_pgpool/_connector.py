@@ -13,10 +13,10 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
-import psycopg2
 from psycopg2.extensions import TRANSACTION_STATUS_IDLE, connection
 
 from . import _dsn as dsnlib
+from . import _timeouts
 from ._session import close_quietly
 
 __all__ = ["Backoff", "Connector"]
@@ -40,9 +40,15 @@ class Connector:
         connect_timeout: int,
         read_only: bool,
         configure: Callable[[connection], None] | None,
+        network_timeout: float | None = None,
+        statement_timeout: float | None = None,
+        label: Callable[[str], str] = str,
     ) -> None:
         self.connect_args = dict(connect_args or {})
         self.connect_timeout = connect_timeout
+        self.network_timeout = network_timeout
+        self.statement_timeout = statement_timeout
+        self._label = label
         self.read_only = read_only
         self.configure = configure
         self._source = dsn
@@ -78,13 +84,21 @@ class Connector:
                     and "connect_timeout" not in dsnlib.parse(self._dsn)
                 ):
                     kwargs["connect_timeout"] = self.connect_timeout
+                kwargs.update(
+                    _timeouts.connect_params(
+                        self._dsn,
+                        kwargs,
+                        network_timeout=self.network_timeout,
+                        statement_timeout=self.statement_timeout,
+                    )
+                )
                 self._kwargs = kwargs
         return self._dsn, self._kwargs
 
     def connect(self) -> connection:
         """Open and set up one connection (blocking: never under the pool's lock)."""
         dsn, kwargs = self.params()
-        conn = cast(connection, psycopg2.connect(dsn, **kwargs))
+        conn = _timeouts.connect(dsn, kwargs, self.statement_timeout, self._label("statement_timeout"))
         try:
             if self.read_only:
                 conn.set_session(readonly=True)
@@ -99,7 +113,7 @@ class Connector:
 
     @property
     def close_timeout(self) -> float:
-        return float(self.connect_timeout or 5)
+        return float(min(b for b in (self.connect_timeout or 5, self.network_timeout) if b))
 
     def redact(self, text: str) -> str:
         return dsnlib.redact(text, self.secrets)

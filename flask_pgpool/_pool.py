@@ -40,6 +40,7 @@ from ._record import ConnectionRecord, HealthPolicy
 from ._session import Reset, close_quietly, reset_for_reuse, session_of
 from ._state import ProcessState
 from ._stats import STATS_KEYS, Observer, Observers
+from ._timeouts import DEFAULT_NETWORK_TIMEOUT
 from ._validate import check_sizes, nonnegative_seconds, positive_seconds, whole_number
 
 __all__ = ["STATS_KEYS", "ConnectionPool"]
@@ -79,6 +80,8 @@ class ConnectionPool(ThreadedConnectionPool):
         ping_after: float | None = 30.0,
         leak_timeout: float | None = None,
         connect_timeout: int = 5,
+        network_timeout: float | None = DEFAULT_NETWORK_TIMEOUT,
+        statement_timeout: float | None = None,
         read_only: bool = False,
         configure: Callable[[connection], None] | None = None,
         connect_args: Mapping[str, Any] | None = None,
@@ -97,7 +100,10 @@ class ConnectionPool(ThreadedConnectionPool):
         pings a connection idle for ``ping_after`` seconds (None: never, 0:
         always). ``leak_timeout`` logs where a connection held longer was
         checked out. ``connect_timeout`` bounds a connect (and a ping or
-        rollback). ``read_only`` makes every transaction read-only.
+        rollback). ``network_timeout`` gives up on a connection whose network
+        went silent (TCP keepalives and ``tcp_user_timeout``; None or 0: off);
+        ``statement_timeout`` has the server cancel longer statements (None:
+        off). ``read_only`` makes every transaction read-only.
         ``configure(conn)`` runs on each new connection, ``connect_args`` go to
         ``psycopg2.connect()``. ``reset`` runs on each returned connection: SQL
         such as ``"DISCARD ALL"`` or a function given the connection.
@@ -123,14 +129,20 @@ class ConnectionPool(ThreadedConnectionPool):
         )
         self.reset = reset
         self._label = label or str
-        # The bound of a ping, a rollback or a close.
-        self._ping_limit = float(min(self.timeout, connect_timeout)) if connect_timeout else self.timeout
+        # 0 or None: no bound.
+        network_timeout = positive_seconds("network_timeout", network_timeout) if network_timeout else None
+        statement_timeout = positive_seconds("statement_timeout", statement_timeout) if statement_timeout else None
+        # The bound of a ping, a rollback or a close: no later than the network bound would end it.
+        self._ping_limit = float(min(b for b in (self.timeout, connect_timeout, network_timeout) if b))
         self._connector = Connector(
             dsn,
             connect_args=connect_args,
             connect_timeout=connect_timeout,
             read_only=read_only,
             configure=configure,
+            network_timeout=network_timeout,
+            statement_timeout=statement_timeout,
+            label=self._label,
         )
         self._observers = Observers(name)
         self._housekeeper = _housekeeper.Housekeeper(self)
@@ -158,6 +170,16 @@ class ConnectionPool(ThreadedConnectionPool):
     def read_only(self) -> bool:
         """Whether every connection is a read-only session (``read_only``)."""
         return self._connector.read_only
+
+    @property
+    def network_timeout(self) -> float | None:
+        """Seconds after which a connection on a silent network is given up (``network_timeout``), or None."""
+        return self._connector.network_timeout
+
+    @property
+    def statement_timeout(self) -> float | None:
+        """Seconds after which the server cancels a statement (``statement_timeout``), or None."""
+        return self._connector.statement_timeout
 
     @property
     def configure(self) -> Callable[[connection], None] | None:
@@ -313,8 +335,8 @@ class ConnectionPool(ThreadedConnectionPool):
         if not state.waiters:
             state.idle.append(record)
             return
+        record.in_use = True  # before the hand-over: the waiter takes it without the lock
         state.waiters.hand_over(record)
-        record.in_use = True
         if state.backoff.active:
             # The new first in line owns the backoff timer now.
             state.waiters.wake_first()

@@ -70,12 +70,25 @@ class Waiter:
             self.signalled = True
             self._signal.release()
 
-    def wait(self, seconds: float) -> None:
-        """Outside the lock: sleep until woken or ``seconds`` have passed.
+    def wait(self, seconds: float) -> bool:
+        """Outside the lock: sleep until woken or ``seconds`` have passed; True if woken.
 
         A wake-up leaves the lock taken again, as before the wait.
         """
-        self._signal.acquire(timeout=max(seconds, 0.0))
+        return self._signal.acquire(timeout=max(seconds, 0.0))
+
+    def take_handed(self) -> ConnectionRecord | None:
+        """Without the pool's lock, right after a wake-up: the connection handed over, if any.
+
+        Safe without the lock: a hand-over takes the waiter off the queue
+        before it sets ``record`` and wakes it, so once the record is seen
+        nobody else touches this waiter.
+        """
+        record = self.record
+        if record is not None:
+            self.record = None
+            self.signalled = False
+        return record
 
     def take(self) -> ConnectionRecord | None:
         """Under the pool's lock, after a wait: the connection handed over, if any."""
