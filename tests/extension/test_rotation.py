@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -52,13 +53,19 @@ def used_passwords(app: Flask, count: int, bind: str | None = None) -> list[str]
 
 @pytest.mark.parametrize("key", ["PGPOOL_DSN", "PGPOOL_CONNECT_ARGS"])
 def test_callable_in_config_is_asked_for_every_connection(
-    make_app: Callable[..., Flask], pg_dsn: str, app_name: str, key: str
+    make_app: Callable[..., Flask], pg_dsn: str, key: str
 ) -> None:
     store = Rotating(pg_dsn)
     if key == "PGPOOL_DSN":
         app = make_app(PGPOOL_DSN=store.dsn)
     else:
-        app = make_app(PGPOOL_CONNECT_ARGS=lambda: {**store.connect_args(), "application_name": app_name})
+
+        def asked_each_time(app: Flask) -> None:
+            # The fixture's arguments (application_name...) returned by the function, with the password.
+            fixed = dict(app.config["PGPOOL_CONNECT_ARGS"])
+            app.config["PGPOOL_CONNECT_ARGS"] = lambda: {**fixed, **store.connect_args()}
+
+        app = make_app(before_init=asked_each_time)
     assert used_passwords(app, 2) == ["r0tat3d-1", "r0tat3d-2"]
     # Reused, not reopened.
     assert used_passwords(app, 1) in (["r0tat3d-1"], ["r0tat3d-2"])
@@ -113,3 +120,25 @@ def test_wrong_types_name_the_callable_form(config: dict[str, Any], message: str
     app.config.setdefault("PGPOOL_DSN", "dbname=x")
     with pytest.raises(ConfigError, match=message):
         PgPool(app)
+
+
+def test_a_connect_args_function_is_not_merged_with_a_dict() -> None:
+    app = Flask("mixed")
+    app.config.update(PGPOOL_DSN="dbname=x", PGPOOL_CONNECT_ARGS=lambda: {"password": "t0ken"})
+    with pytest.raises(ConfigError, match=re.escape("PGPOOL_CONNECT_ARGS and the PgPool() option 'connect_args'")):
+        PgPool(app, connect_args={"application_name": "shop"})
+
+
+def test_a_bind_does_not_take_the_main_pools_credentials_function() -> None:
+    app = Flask("binds")
+    app.config.update(
+        PGPOOL_DSN="dbname=x",
+        PGPOOL_CONNECT_ARGS=lambda: {"password": "t0ken"},
+        PGPOOL_BINDS={"reports": "dbname=y user=reporter"},
+    )
+    ext = PgPool(app)
+    settings = ext._state(app).settings
+    assert callable(settings["default"].connect_args)
+    assert settings["reports"].connect_args == {}
+    assert "t0ken" not in repr(settings)
+    ext.close(app)
