@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from psycopg2.extensions import connection
@@ -35,6 +35,8 @@ from psycopg2.pool import PoolError, ThreadedConnectionPool
 from . import _checkout, _fork, _housekeeper, _maintenance, _messages
 from . import _dsn as dsnlib
 from ._connector import Connector
+from ._credentials import ArgsSource, DsnSource
+from ._failover import FailoverGuard
 from ._health import SocketState, quick_state
 from ._record import ConnectionRecord, HealthPolicy
 from ._session import Reset, close_quietly, reset_for_reuse, session_of
@@ -69,7 +71,7 @@ class ConnectionPool(ThreadedConnectionPool):
         self,
         minconn: int = 1,
         maxconn: int = 10,
-        dsn: str | Callable[[], str] = "",
+        dsn: DsnSource = "",
         *,
         name: str = "default",
         timeout: float = 10.0,
@@ -84,7 +86,7 @@ class ConnectionPool(ThreadedConnectionPool):
         statement_timeout: float | None = None,
         read_only: bool = False,
         configure: Callable[[connection], None] | None = None,
-        connect_args: Mapping[str, Any] | None = None,
+        connect_args: ArgsSource = None,
         reset: Reset | None = None,
         label: Callable[[str], str] | None = None,
     ) -> None:
@@ -92,9 +94,9 @@ class ConnectionPool(ThreadedConnectionPool):
 
         ``minconn`` connections are kept open once the pool is in use, at most
         ``maxconn`` are ever open. ``dsn`` is a libpq connection string or URL,
-        or a function returning one (called on first use). A checkout waits up
-        to ``timeout`` seconds; at most ``max_waiting`` checkouts wait (0: no
-        limit). Idle connections above ``minconn`` close after ``max_idle``
+        or a function returning one (called for every new connection). A
+        checkout waits up to ``timeout`` seconds; at most ``max_waiting``
+        checkouts wait (0: no limit). Idle connections above ``minconn`` close after ``max_idle``
         seconds, every connection after ``max_lifetime`` (with jitter). With
         ``health_check``, a checkout looks at the socket (no round trip) and
         pings a connection idle for ``ping_after`` seconds (None: never, 0:
@@ -104,7 +106,8 @@ class ConnectionPool(ThreadedConnectionPool):
         went silent (TCP keepalives and ``tcp_user_timeout``; None or 0: off);
         ``statement_timeout`` has the server cancel longer statements (None:
         off). ``read_only`` makes every transaction read-only.
-        ``configure(conn)`` runs on each new connection, ``connect_args`` go to
+        ``configure(conn)`` runs on each new connection, ``connect_args`` (a
+        dict, or a function returning one for every new connection) go to
         ``psycopg2.connect()``. ``reset`` runs on each returned connection: SQL
         such as ``"DISCARD ALL"`` or a function given the connection.
         ``label(option)`` names an option in messages (the Flask extension
@@ -144,6 +147,8 @@ class ConnectionPool(ThreadedConnectionPool):
             statement_timeout=statement_timeout,
             label=self._label,
         )
+        # Failover: connections whose server stopped taking writes are not handed out.
+        self._failover = FailoverGuard(name, enabled=not read_only, timeout=self._ping_limit)
         self._observers = Observers(name)
         self._housekeeper = _housekeeper.Housekeeper(self)
         self._state = ProcessState()
@@ -280,7 +285,12 @@ class ConnectionPool(ThreadedConnectionPool):
         """Outside the lock, without a round trip or a system call: can the
         connection go back as it is? (The next checkout looks at its socket.)"""
         conn = record.conn
-        return self.reset is None and quick_state(conn) is SocketState.QUIET and session_of(conn) == record.session
+        return (
+            self.reset is None
+            and quick_state(conn) is SocketState.QUIET
+            and session_of(conn) == record.session
+            and not (record.idle_watched and self._failover.reports_read_only(conn))
+        )
 
     def _keep(self, state: ProcessState, record: ConnectionRecord, now: float) -> bool:
         """Under the lock: may a returned connection in good order stay in the pool?"""
@@ -318,7 +328,11 @@ class ConnectionPool(ThreadedConnectionPool):
         """Outside the lock: make a returned connection reusable, or say it is not."""
         conn = record.conn
         try:
+            # Before the rollback: the failover check depends on how it came back.
+            status = conn.get_transaction_status() if not conn.closed else None
             reset_for_reuse(conn, record.session, self._ping_limit, self.reset, self._connector.configure)
+            if not self._failover.returned(conn, record, status):
+                return False
         except Exception as exc:
             with self._state.lock:
                 self._state.counters.returns_bad += 1
@@ -391,9 +405,15 @@ class ConnectionPool(ThreadedConnectionPool):
         _maintenance.check(self)
 
     def drain(self) -> None:
-        """Retire every connection open now: idle ones at once, the others when
-        they are returned; new ones are opened as needed. Nothing fails
-        because of it."""
+        """Retire every connection open or being opened now: idle ones at once
+        (as many new ones are opened), the others when they are returned.
+
+        New connections get the credentials of the moment (a callable DSN or
+        ``connect_args`` is called for each). Nothing fails because of it: a
+        checkout waits for a new connection as it would for a returned one.
+        Returns at once; it takes the pool's lock, so call it from a thread,
+        not from a signal handler.
+        """
         _maintenance.drain(self)
 
     # -- stats and observers ---------------------------------------------------
@@ -442,12 +462,12 @@ class ConnectionPool(ThreadedConnectionPool):
 
     @property
     def dsn(self) -> str:
-        """The connection string with its password masked."""
+        """The connection string with its password masked (the last one used, if it is a callable)."""
         dsn = self._connector.resolved_dsn
         return "<not resolved yet>" if dsn is None else dsnlib.mask_dsn(dsn)
 
     def connection_string(self) -> str:
-        """The real connection string (resolved on first call). Keep it secret."""
+        """The real connection string (a callable is called). Keep it secret."""
         return self._connector.params()[0]
 
     def connect_params(self) -> tuple[str, dict[str, Any]]:
@@ -473,5 +493,6 @@ class ConnectionPool(ThreadedConnectionPool):
         inherited = list(self._state.records.values())
         self._state = ProcessState()
         self._connector.after_fork()
+        self._failover.after_fork()
         self._housekeeper = _housekeeper.Housekeeper(self)
         _fork.release_sockets(record.conn for record in inherited)
