@@ -30,16 +30,16 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 from psycopg2.extensions import connection
-from psycopg2.pool import PoolError, ThreadedConnectionPool
+from psycopg2.pool import ThreadedConnectionPool
 
-from . import _checkout, _fork, _housekeeper, _maintenance, _messages
+from . import _checkout, _fork, _housekeeper, _maintenance, _messages, _returning
 from . import _dsn as dsnlib
 from ._connector import Connector
 from ._credentials import ArgsSource, DsnSource
 from ._failover import FailoverGuard
 from ._health import SocketState, quick_state
 from ._record import ConnectionRecord, HealthPolicy
-from ._session import Reset, close_quietly, reset_for_reuse, session_of
+from ._session import Reset, close_quietly, session_of
 from ._state import ProcessState
 from ._stats import STATS_KEYS, Observer, Observers
 from ._timeouts import DEFAULT_NETWORK_TIMEOUT
@@ -247,7 +247,7 @@ class ConnectionPool(ThreadedConnectionPool):
         if record is not None and not close and self._clean(record):
             now = _monotonic()
             with state.lock:
-                record = self._checked_out_record(state, conn, key)
+                record = _returning.checked_out_record(self, state, conn, key)
                 kept = self._keep(state, record, now)
                 if kept:
                     self._release(state, record)
@@ -257,29 +257,7 @@ class ConnectionPool(ThreadedConnectionPool):
                 if self._observers.callbacks:
                     self._observers.notify("return", now - record.checked_out_at)
                 return
-        self._putconn_slow(state, conn, key, close)
-
-    def _putconn_slow(self, state: ProcessState, conn: connection | None, key: Hashable | None, close: bool) -> None:
-        """Return a connection that needs work (a rollback, a reset) or must be closed."""
-        with state.lock:
-            record = self._checked_out_record(state, conn, key)
-            self._release(state, record)  # nobody can return it twice from here on
-        keep = False
-        try:
-            keep = not (close or self.closed) and self._reset(record)
-        finally:
-            now = _monotonic()
-            with state.lock:
-                keep = keep and self._keep(state, record, now)
-                if keep:
-                    record.last_used = now
-                    self._give_back(state, record)
-                else:
-                    self._forget(state, record)
-            if not keep:
-                self._close(record.conn)
-        if self._observers.callbacks:
-            self._observers.notify("return", now - record.checked_out_at)
+        _returning.putconn_slow(self, state, conn, key, close)
 
     def _clean(self, record: ConnectionRecord) -> bool:
         """Outside the lock, without a round trip or a system call: can the
@@ -306,43 +284,6 @@ class ConnectionPool(ThreadedConnectionPool):
         if record.key is not None:
             del state.keys[record.key]
             record.key = None
-
-    def _checked_out_record(
-        self, state: ProcessState, conn: connection | None, key: Hashable | None
-    ) -> ConnectionRecord:
-        """Under the lock: the record of a connection being returned, or a clear PoolError."""
-        if conn is None:
-            record = state.keys.get(key) if key is not None else None
-            if record is None:
-                raise PoolError(f"pool {self.name!r}: putconn() needs a connection, or the key it was checked out with")
-            return record
-        record = state.records.get(id(conn))
-        if record is None or record.conn is not conn or not record.in_use or (key is not None and record.key != key):
-            raise PoolError(
-                f"pool {self.name!r}: this connection is not checked out from this pool "
-                "(already returned, opened elsewhere, or inherited from a parent process)"
-            )
-        return record
-
-    def _reset(self, record: ConnectionRecord) -> bool:
-        """Outside the lock: make a returned connection reusable, or say it is not."""
-        conn = record.conn
-        try:
-            # Before the rollback: the failover check depends on how it came back.
-            status = conn.get_transaction_status() if not conn.closed else None
-            reset_for_reuse(conn, record.session, self._ping_limit, self.reset, self._connector.configure)
-            if not self._failover.returned(conn, record, status):
-                return False
-        except Exception as exc:
-            with self._state.lock:
-                self._state.counters.returns_bad += 1
-            _log.info(
-                "pool %r: discarded a connection returned broken: %s",
-                self.name,
-                self._connector.redact(str(exc).strip() or type(exc).__name__),
-            )
-            return False
-        return True
 
     def _give_back(self, state: ProcessState, record: ConnectionRecord) -> None:
         """Under the lock: hand a healthy connection to the first waiter, or make it idle."""
@@ -378,7 +319,6 @@ class ConnectionPool(ThreadedConnectionPool):
     def _close(self, conn: connection) -> None:
         """Outside the lock: close a connection that leaves the pool (bounded in time)."""
         close_quietly(conn, self._ping_limit)
-
 
     # -- managing the pool ---------------------------------------------------
 
