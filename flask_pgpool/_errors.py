@@ -22,6 +22,7 @@ class PgPoolError(PoolError):
     """
 
     def __init__(self, message: str, *, pool: str = "", settings: Iterable[str] = ()) -> None:
+        """``message`` for the caller; ``pool`` and ``settings`` as described above."""
         super().__init__(message)
         self.pool = pool
         self.settings: tuple[str, ...] = tuple(settings)

@@ -9,11 +9,12 @@ import os
 import threading
 import types
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import psycopg2
 from flask import Flask, after_this_request
 from flask.ctx import AppContext
 from flask.typing import ResponseReturnValue
@@ -26,7 +27,7 @@ from ._errors import PgPoolError
 from ._guard import ENDED, LeasingPool, guarded_factory
 from ._leases import GiveBack, Lease
 from ._pool import ConnectionPool
-from ._responses import service_unavailable
+from ._responses import pass_on, service_unavailable
 
 __all__ = ["PgPool", "get_db"]
 
@@ -100,6 +101,13 @@ class PgPool:
     """
 
     def __init__(self, app: Flask | None = None, **options: Any) -> None:
+        """Set up the extension, and ``app`` with it when given.
+
+        ``options`` are the ``PGPOOL_`` settings in lower case without the
+        prefix (``maxconn=20``, ``binds={...}``), used as defaults for every
+        app; an unknown option raises :class:`TypeError` naming the closest
+        one. Values are checked at :meth:`init_app`.
+        """
         self._options = check_options(options)
         self._apps: weakref.WeakSet[Flask] = weakref.WeakSet()
         if app is not None:
@@ -131,6 +139,12 @@ class PgPool:
                 return service_unavailable(error, retry_after)
 
             app.register_error_handler(PgPoolError, unavailable)
+        if not compat.has_app_error_handler(app, psycopg2.OperationalError):
+
+            def lost(error: psycopg2.OperationalError) -> ResponseReturnValue:
+                return _connection_lost(error, retry_after, lost)
+
+            app.register_error_handler(psycopg2.OperationalError, lost)
         # cli depends on this module, not the other way round; imported here only.
         from ._cli import status_command
 
@@ -225,6 +239,19 @@ class PgPool:
     def get_stats(self, name: str | None = None, app: Flask | None = None) -> dict[str, int]:
         """The stats of one pool; the keys are psycopg_pool's (see the README)."""
         return self.get_pool(name, app).get_stats()
+
+    def drain(self, app: Flask | None = None, name: str | None = None) -> None:
+        """Replace the connections of ``app``'s pools (default: the current app; ``name``: one bind).
+
+        Idle connections are closed now and new ones opened, those in use are
+        closed when their request ends; no request fails because of it. New
+        connections get the credentials of the moment (a callable ``PGPOOL_DSN``
+        or ``PGPOOL_CONNECT_ARGS`` is called for each). Call it from a thread,
+        not from a signal handler.
+        """
+        pools = [self.get_pool(name, app)] if name is not None else list(self._state(app).pools.values())
+        for pool in pools:
+            pool.drain()
 
     def close(self, app: Flask | None = None) -> None:
         """Close the pools of ``app`` (default: the current app). Idempotent."""
@@ -342,12 +369,8 @@ def _make_pool(app: Flask, name: str, settings: PoolSettings) -> ConnectionPool:
         # Embedded: started on the first checkout, so that `flask routes` or a
         # gunicorn --preload master start nothing; a missing extra fails here.
         dsn = embedded_dsn(Path(app.instance_path) / _EMBEDDED_DIR)
-    connect_args = dict(settings.connect_args)
-    factory = guarded_factory(connect_args.get("connection_factory"))
-    pool_class = ConnectionPool
-    if factory is not None:
-        connect_args["connection_factory"] = factory
-        pool_class = LeasingPool
+    connect_args, guarded = _guarded_connect_args(settings.connect_args)
+    pool_class = LeasingPool if guarded else ConnectionPool
     return pool_class(
         settings.minconn,
         settings.maxconn,
@@ -361,12 +384,36 @@ def _make_pool(app: Flask, name: str, settings: PoolSettings) -> ConnectionPool:
         ping_after=settings.ping_after,
         leak_timeout=settings.leak_timeout,
         connect_timeout=settings.connect_timeout,
+        network_timeout=settings.network_timeout,
+        statement_timeout=settings.statement_timeout,
         read_only=settings.read_only,
         configure=settings.configure,
         connect_args=connect_args,
         reset=settings.reset,
         label=_setting_label(app, name),
     )
+
+
+def _guarded_connect_args(source: Any) -> tuple[Any, bool]:
+    """``connect_args`` (or the function that returns them) with the check of _guard in
+    their ``connection_factory``, and whether the pool's connections may have it."""
+    if callable(source):
+
+        def guarded() -> Any:
+            args = source()
+            return _with_guard(args)[0] if isinstance(args, Mapping) else args
+
+        return guarded, True
+    return _with_guard(source)
+
+
+def _with_guard(args: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+    args = dict(args)
+    factory = guarded_factory(args.get("connection_factory"))
+    if factory is None:
+        return args, False  # not a connection class: it cannot be given the check
+    args["connection_factory"] = factory
+    return args, True
 
 
 def _setting_label(app: Flask, bind: str) -> Callable[[str], str]:
@@ -417,6 +464,26 @@ def _end(namespace: dict[str, Any], scope: Any, exc: BaseException | None) -> No
             return
         del namespace[_LEASE]
     namespace[_ENDED_AT] = compat.push_marker(scope)
+
+
+def _connection_lost(error: psycopg2.OperationalError, retry_after: int, handler: Any) -> ResponseReturnValue:
+    """The request's own connection broke (the network or the server went away): answer 503.
+
+    Any other OperationalError (a cancelled statement, a deadlock) goes on to
+    the app's own handlers, or becomes a 500, as if ``handler`` did not exist.
+    """
+    ctx = compat.app_context()
+    lease = _current_lease(ctx.app) if ctx is not None else None
+    pooled = [conn for _, conn in lease.conns.values()] if lease is not None else []
+    cursor = getattr(error, "cursor", None)
+    failed = [cursor.connection] if cursor is not None else pooled
+    # closed == 2: psycopg2 found the connection broken (closed by the view is 1).
+    if ctx is None or not any(conn.closed == 2 and any(conn is p for p in pooled) for conn in failed):
+        return pass_on(error, handler)
+    message = str(error).strip()
+    for pool in ctx.app.extensions["pgpool"].get_pools(ctx.app).values():
+        message = pool.redact(message)
+    return service_unavailable(f"the connection to the database was lost: {message}", retry_after)
 
 
 class _PoolCloser:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from flask import Flask
@@ -18,6 +18,7 @@ from flask.ctx import AppContext
 
 __all__ = [
     "app_context",
+    "app_error_handlers",
     "borrowing_request",
     "enclosing_app_contexts",
     "has_app_error_handler",
@@ -91,9 +92,18 @@ def enclosing_app_contexts(ctx: AppContext) -> Iterator[AppContext]:
         seen = None if previous is contextvars.Token.MISSING else previous
 
 
+def app_error_handlers(app: Flask) -> Mapping[type[BaseException], Callable[..., Any]]:
+    """The app's own (not a blueprint's) error handlers for exception classes, by class.
+
+    ``error_handler_spec[blueprint][code]`` holds them; code None is for
+    classes rather than HTTP status codes.
+    """
+    return app.error_handler_spec[None][None]  # type: ignore[return-value]
+
+
 def has_app_error_handler(app: Flask, exc_class: type[BaseException]) -> bool:
     """Whether the app itself (not a blueprint) registered a handler for exactly ``exc_class``."""
-    return exc_class in app.error_handler_spec[None][None]
+    return exc_class in app_error_handlers(app)
 
 
 def run_last_at_app_teardown(app: Flask, func: TeardownFunction) -> None:

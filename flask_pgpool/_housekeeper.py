@@ -14,6 +14,7 @@ import time
 import weakref
 from typing import TYPE_CHECKING
 
+from ._opener import grow, spawn
 from ._record import ConnectionRecord, Verdict
 
 if TYPE_CHECKING:
@@ -93,8 +94,8 @@ def tidy(pool: ConnectionPool) -> None:
         leaks = [record for record in state.records.values() if record.leaked(now, pool.leak_timeout)]
         for record in leaks:
             record.leak_reported = True
-        spawn = pool._grow(state, now)
-    pool._spawn(state, spawn)
+        count = grow(pool, state, now)
+    spawn(pool, state, count)
     for record in closing:
         pool._close(record.conn)
     if closing:

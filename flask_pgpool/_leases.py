@@ -9,6 +9,7 @@ refuses to work (see ``_guard``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import types
 import weakref
@@ -74,7 +75,9 @@ class Lease:
     def add(self, bind: str, give_back: GiveBack, conn: connection, guarded: bool) -> None:
         self.conns[bind] = (give_back, conn)
         if guarded:
-            conn._pgpool_lease = self  # type: ignore[attr-defined]
+            # A connection_factory function's connection has no check, nor room for a lease.
+            with contextlib.suppress(AttributeError):
+                conn._pgpool_lease = self  # type: ignore[attr-defined]
 
     def finish(self, exc: BaseException | None) -> bool:
         """The request's teardown: give the connections back, unless a response that will be sent holds them.

@@ -14,9 +14,10 @@ from flask import current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import ServiceUnavailable
 
+from . import _flask_compat as compat
 from ._errors import PgPoolError
 
-__all__ = ["ERROR_CODE", "MESSAGE", "service_unavailable"]
+__all__ = ["ERROR_CODE", "MESSAGE", "pass_on", "service_unavailable"]
 
 _log = logging.getLogger("flask_pgpool")
 
@@ -28,9 +29,9 @@ _JSON = "application/json"
 _HTML = "text/html"
 
 
-def service_unavailable(error: PgPoolError, retry_after: int) -> ResponseReturnValue:
-    """The error handler for :class:`PgPoolError`: a 503, not a 500 or a hang."""
-    _log.warning("flask-pgpool: answering 503: %s", error)
+def service_unavailable(reason: PgPoolError | str, retry_after: int) -> ResponseReturnValue:
+    """A 503 (not a 500 or a hang) for a request the database cannot serve; ``reason`` goes to the log only."""
+    _log.warning("flask-pgpool: answering 503: %s", reason)
     unavailable = ServiceUnavailable(description=MESSAGE, retry_after=retry_after or None)
     # The app's (or the blueprint's) 503 handler, if any, shapes the answer;
     # without one, Flask hands the exception back unchanged.
@@ -46,3 +47,17 @@ def service_unavailable(error: PgPoolError, retry_after: int) -> ResponseReturnV
         response.headers["Retry-After"] = str(retry_after)
     response.vary.add("Accept")
     return response
+
+
+def pass_on(error: Exception, handler: Any) -> ResponseReturnValue:
+    """Answer ``error`` the way Flask would without ``handler``, the app's handler that declines it.
+
+    Flask tries blueprint handlers before app handlers, so only the app's
+    handlers for the error's other classes are left to try.
+    """
+    handlers = compat.app_error_handlers(current_app)
+    for cls in type(error).__mro__:
+        found = handlers.get(cls)
+        if found is not None and found is not handler:
+            return current_app.ensure_sync(found)(error)  # type: ignore[no-any-return]
+    raise error

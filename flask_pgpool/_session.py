@@ -17,10 +17,10 @@ from psycopg2.extensions import (
     TRANSACTION_STATUS_INERROR,
     TRANSACTION_STATUS_INTRANS,
     connection,
-    cursor,
 )
 
 from ._health import bounded
+from ._queries import execute
 
 __all__ = ["Reset", "close_quietly", "reset_for_reuse", "restore_session", "session_of"]
 
@@ -57,8 +57,7 @@ def execute_plain(conn: connection, sql: str) -> None:
     autocommit = conn.autocommit
     conn.autocommit = True
     try:
-        with connection.cursor(conn, cursor_factory=cursor) as cur:
-            cur.execute(sql)
+        execute(conn, sql)
     finally:
         conn.autocommit = autocommit
 
@@ -78,18 +77,18 @@ def reset_for_reuse(
     again after it, since a reset undoes its work), and the client-side
     session settings are put back as they were when the connection was opened.
     """
-    status = conn.info.transaction_status if not conn.closed else None
+    status = conn.get_transaction_status() if not conn.closed else None
     if status in _OPEN or reset is not None:
         with bounded(conn, timeout) as watchdog:
             if status in _OPEN:
                 conn.rollback()
-                if conn.info.transaction_status in _OPEN:
+                if conn.get_transaction_status() in _OPEN:
                     execute_plain(conn, "ROLLBACK")
             if reset is not None:
                 _run_reset(conn, reset, configure)
         if watchdog.fired:
             raise psycopg2.OperationalError("the rollback or reset did not finish in time")
-        status = conn.info.transaction_status
+        status = conn.get_transaction_status()
     if status != TRANSACTION_STATUS_IDLE:
         raise psycopg2.InterfaceError("connection closed, lost, or still running a query")
     if reset is not None or session_of(conn) != session:

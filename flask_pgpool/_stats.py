@@ -71,22 +71,20 @@ class Counters:
 class Observers:
     """The callbacks of ``add_observer``; kept across fork, so metrics follow a pool into workers."""
 
-    __slots__ = ("_callbacks", "name")
+    __slots__ = ("callbacks", "name")
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self._callbacks: tuple[Observer, ...] = ()
+        # Tested before each notify(): a pool without observers pays one attribute read.
+        self.callbacks: tuple[Observer, ...] = ()
 
     def add(self, callback: Observer) -> None:
         # A new tuple: notify() reads it without a lock.
-        self._callbacks = (*self._callbacks, callback)
-
-    def __bool__(self) -> bool:
-        return bool(self._callbacks)
+        self.callbacks = (*self.callbacks, callback)
 
     def notify(self, event: PoolEvent, seconds: float) -> None:
         """Call every observer; an observer's exception is logged, never raised."""
-        for callback in self._callbacks:
+        for callback in self.callbacks:
             try:
                 callback(event, seconds)
             except Exception:

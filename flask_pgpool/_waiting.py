@@ -34,6 +34,7 @@ class Waiter:
         "_signal",
         "deadline",
         "down_since",
+        "failures_seen",
         "in_queue",
         "joined",
         "queued",
@@ -57,6 +58,7 @@ class Waiter:
         self.joined = False  # has been in the queue during this checkout
         self.queued = False  # counted in requests_queued (once per checkout)
         self.down_since: float | None = None  # when it found the database down
+        self.failures_seen = 0  # the pool's failed attempts by then
         self.sleep = 0.0  # how long to wait next
         self.spawn = 0  # connections to open before waiting
 
@@ -68,12 +70,25 @@ class Waiter:
             self.signalled = True
             self._signal.release()
 
-    def wait(self, seconds: float) -> None:
-        """Outside the lock: sleep until woken or ``seconds`` have passed.
+    def wait(self, seconds: float) -> bool:
+        """Outside the lock: sleep until woken or ``seconds`` have passed; True if woken.
 
         A wake-up leaves the lock taken again, as before the wait.
         """
-        self._signal.acquire(timeout=max(seconds, 0.0))
+        return self._signal.acquire(timeout=max(seconds, 0.0))
+
+    def take_handed(self) -> ConnectionRecord | None:
+        """Without the pool's lock, right after a wake-up: the connection handed over, if any.
+
+        Safe without the lock: a hand-over takes the waiter off the queue
+        before it sets ``record`` and wakes it, so once the record is seen
+        nobody else touches this waiter.
+        """
+        record = self.record
+        if record is not None:
+            self.record = None
+            self.signalled = False
+        return record
 
     def take(self) -> ConnectionRecord | None:
         """Under the pool's lock, after a wait: the connection handed over, if any."""
@@ -86,20 +101,18 @@ class Waiter:
         return record
 
 
-class WaitQueue:
-    """First come, first served; owned by one pool in one process."""
+class WaitQueue(collections.deque[Waiter]):
+    """First come, first served; owned by one pool in one process.
 
-    __slots__ = ("_local", "_queue")
+    A deque, so that ``len()`` and truth tests, on every checkout and return,
+    cost no Python call.
+    """
+
+    __slots__ = ("_local",)
 
     def __init__(self) -> None:
-        self._queue: collections.deque[Waiter] = collections.deque()
+        super().__init__()
         self._local = threading.local()
-
-    def __len__(self) -> int:
-        return len(self._queue)
-
-    def __bool__(self) -> bool:
-        return bool(self._queue)
 
     def ticket(self, deadline: float) -> Waiter:
         """The calling thread's waiter, ready for a new checkout (not queued yet)."""
@@ -109,14 +122,14 @@ class WaitQueue:
         waiter.start(deadline)
         return waiter
 
-    def append(self, waiter: Waiter) -> None:
+    def enqueue(self, waiter: Waiter) -> None:
         """Queue at the end."""
-        self._queue.append(waiter)
+        self.append(waiter)
         waiter.in_queue = waiter.joined = True
 
     def rejoin_first(self, waiter: Waiter) -> None:
         """Queue at the head: a waiter whose connection turned out dead keeps its place."""
-        self._queue.appendleft(waiter)
+        self.appendleft(waiter)
         waiter.in_queue = waiter.joined = True
 
     def leave(self, waiter: Waiter) -> None:
@@ -124,37 +137,42 @@ class WaitQueue:
         if not waiter.in_queue:
             return
         waiter.in_queue = False
-        if self._queue[0] is waiter:
-            self._queue.popleft()
+        if self[0] is waiter:
+            self.popleft()
             self.wake_first()
             return
         with contextlib.suppress(ValueError):
-            self._queue.remove(waiter)
+            self.remove(waiter)
 
     def first(self) -> Waiter | None:
-        return self._queue[0] if self._queue else None
+        return self[0] if self else None
 
     def waiting(self) -> list[Waiter]:
         """The waiters, first in line first."""
-        return list(self._queue)
+        return list(self)
 
     def hand_over(self, record: ConnectionRecord) -> bool:
         """Give ``record`` to the first waiter; False if nobody waits."""
-        if not self._queue:
+        if not self:
             return False
-        waiter = self._queue.popleft()
+        waiter = self.popleft()
         waiter.in_queue = False
         waiter.wake(record)
         return True
 
     def wake_first(self) -> None:
         """Wake the first waiter to look again (a slot was freed, a backoff ended...)."""
-        if self._queue:
-            self._queue[0].wake()
+        if self:
+            self[0].wake()
+
+    def wake_each(self) -> None:
+        """Wake every waiter to look again, keeping their places (an attempt to connect failed)."""
+        for waiter in self:
+            waiter.wake()
 
     def wake_all(self) -> None:
         """Wake every waiter and empty the queue (the pool is closing)."""
-        while self._queue:
-            waiter = self._queue.popleft()
+        while self:
+            waiter = self.popleft()
             waiter.in_queue = False
             waiter.wake()

@@ -14,7 +14,8 @@ from support.poolkit import PoolFactory, backend_pid, query_one, terminate, via_
 
 from flask_pgpool._health import ping as real_ping
 
-# Fixtures shared by the pool tests.
+# Run under each user configuration of PGPOOL_TEST_MATRIX (see support.userconfigs).
+pytestmark = pytest.mark.user_configs
 
 
 def _settled(proxy: TcpProxy) -> tuple[int, int]:
@@ -120,7 +121,7 @@ def test_after_a_dead_connection_older_idle_ones_are_pinged(
         pinged.append(backend_pid(conn))
         return real_ping(conn, timeout)
 
-    monkeypatch.setattr("flask_pgpool._pool.ping", spy)
+    monkeypatch.setattr("flask_pgpool._checkout.ping", spy)
     terminate(admin, backend_pid(newer))
     got = pool.getconn()
     assert got is older
@@ -140,16 +141,21 @@ def test_connection_killed_while_in_use_frees_its_slot(make_pool: PoolFactory, a
     with pytest.raises(psycopg2.OperationalError):
         query_one(conn, "SELECT 1")
     pool.putconn(conn)
-    # Killed without the user noticing: seen on return.
+    assert pool.get_stats()["returns_bad"] == 1
+    assert pool.get_stats()["pool_size"] == 0
+    # Killed without the user noticing: returned with nothing to roll back, it
+    # is found dead by the next checkout's socket check (one system call per
+    # checkout, none on return), and never handed out.
     conn = pool.getconn()
     terminate(admin, backend_pid(conn))
     pool.putconn(conn)
-    stats = pool.get_stats()
-    assert stats["returns_bad"] == 2
-    assert stats["pool_size"] == 0
-    fresh = pool.getconn()  # the single slot is free again
+    fresh = pool.getconn()  # the single slot serves a new connection
+    assert fresh is not conn and conn.closed
     assert query_one(fresh, "SELECT 1") == 1
     pool.putconn(fresh)
+    stats = pool.get_stats()
+    assert stats["connections_lost"] == 1 and stats["returns_bad"] == 1
+    assert stats["pool_size"] == 1
 
 
 def test_max_lifetime_is_enforced_at_return(make_pool: PoolFactory) -> None:

