@@ -12,14 +12,24 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 
+import psycopg2.extensions
 import pytest
 from flask import Flask, abort, has_request_context
 from flask.testing import FlaskClient
 from psycopg2.extensions import connection
 from support.http import fetch_value
+from support.userconfigs import UserConfig
 
 from flask_pgpool import get_db
 from flask_pgpool.testing import rolled_back
+
+pytestmark = pytest.mark.user_configs
+
+
+@pytest.fixture(autouse=True)
+def in_transactions(user_config: UserConfig) -> None:
+    if user_config.autocommit:
+        pytest.skip("about work a request did not commit: in autocommit every statement commits")
 
 
 def add_views(app: Flask, table: str) -> Flask:
@@ -154,7 +164,7 @@ def test_pgpool_transaction_still_undoes_the_whole_test(
     assert client.get("/bad-sql").status_code == 500
     # What a request committed stays for the test; the rest ended with its request.
     assert client.get("/count").json == {"count": 1}
-    with pgpool_transaction.cursor() as cur:
+    with pgpool_transaction.cursor(cursor_factory=psycopg2.extensions.cursor) as cur:
         cur.execute(f"SELECT note FROM {table}")
         assert cur.fetchall() == [("committed",)]
     assert outside_count(admin, table) == 0

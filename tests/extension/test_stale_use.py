@@ -22,6 +22,8 @@ from support.http import fetch_value
 
 from flask_pgpool import StaleConnectionError, get_db
 
+pytestmark = pytest.mark.user_configs
+
 
 def stats(app: Flask) -> dict[str, int]:
     return app.extensions["pgpool"].get_stats(app=app)  # type: ignore[no-any-return]
@@ -177,7 +179,12 @@ def test_with_a_logging_connection(
 ) -> None:
     logger = logging.getLogger("test_stale_use.sql")
     app = app_of(
-        PGPOOL_CONNECT_ARGS={"application_name": app_name, "connection_factory": LoggingConnection},
+        # No cursor_factory: LoggingConnection logs through its own cursor class.
+        PGPOOL_CONNECT_ARGS={
+            "application_name": app_name,
+            "connection_factory": LoggingConnection,
+            "cursor_factory": None,
+        },
         PGPOOL_CONFIGURE=lambda conn: conn.initialize(logger),
     )
 
@@ -192,6 +199,31 @@ def test_with_a_logging_connection(
     with caplog.at_level(logging.DEBUG, logger=logger.name):
         assert client.get("/kind").text == "True logged"
     assert "SELECT 'logged'" in caplog.text
+    assert client.get("/stash").status_code == 200
+    with pytest.raises(StaleConnectionError):
+        client.post("/stale")
+
+
+class AppConnection(psycopg2.extensions.connection):
+    """A connection class of the app's own."""
+
+
+def test_with_connect_args_from_a_function(app_of: Callable[..., Flask], app_name: str) -> None:
+    # Rotating credentials: the function is called for every new connection.
+    def connect_args() -> dict[str, Any]:
+        return {"application_name": app_name, "connection_factory": AppConnection}
+
+    def use_function(app: Flask) -> None:
+        app.config["PGPOOL_CONNECT_ARGS"] = connect_args
+
+    app = app_of(before_init=use_function)
+
+    @app.get("/kind")
+    def kind() -> str:
+        return str(isinstance(get_db(), AppConnection))
+
+    client = app.test_client()
+    assert client.get("/kind").text == "True"
     assert client.get("/stash").status_code == 200
     with pytest.raises(StaleConnectionError):
         client.post("/stale")

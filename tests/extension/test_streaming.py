@@ -18,10 +18,19 @@ import pytest
 from flask import Flask, Response, request, request_finished, stream_with_context
 from psycopg2.extensions import connection
 from support.http import fetch_value
+from support.userconfigs import UserConfig
 from werkzeug.test import EnvironBuilder
 
 from flask_pgpool import get_db
 from flask_pgpool.testing import rolled_back
+
+pytestmark = pytest.mark.user_configs
+
+
+@pytest.fixture(autouse=True)
+def in_transactions(user_config: UserConfig) -> None:
+    if user_config.autocommit:
+        pytest.skip("about work a request did not commit: in autocommit every statement commits")
 
 
 def stats(app: Flask) -> dict[str, int]:
