@@ -8,8 +8,10 @@ transaction, or on an idle pooled connection. The extension mixes
 ``connection_factory``, if any): ``cursor()``, ``commit()`` and ``rollback()``
 check that the lease they were checked out under is still open and that the
 caller is not another app context, and raise :class:`StaleConnectionError`
-otherwise. The pool itself knows nothing of this; :class:`LeasingPool` only
-lets its own work through and frees the connections it hands out.
+otherwise. The pool itself knows nothing of this: its own work on an idle
+connection is recognised by the module it comes from, and
+:class:`LeasingPool` frees the connections ``getconn()`` hands out of their
+old lease.
 """
 
 from __future__ import annotations
