@@ -6,7 +6,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from typing import Any
 from .apps import LIMIT, VARIANTS
 from .database import open_database
 from .load import wrk_path
+from .machine import describe
 from .micro import run_micro
 from .report import chart, markdown, targets
 from .scenarios import Plan, run_restart, run_throughput
@@ -53,30 +53,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _machine(db_version: str) -> dict[str, Any]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     try:
         wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split()[1]
     except (OSError, IndexError):
         wrk = "not installed"
-    load = os.getloadavg()
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "postgres": db_version,
-        "pg_short": db_version.split()[1] if db_version.startswith("PostgreSQL") else db_version,
-        "os": platform.platform(),
-        "gunicorn": metadata.version("gunicorn"),
-        "wrk": wrk,
-        "note": f"load average at start {load[0]:.1f} (the machine may be shared: expect noise)",
-    }
+    return {**describe(db_version), "gunicorn": metadata.version("gunicorn"), "wrk": wrk}
 
 
 def main(argv: list[str] | None = None) -> int:
