@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import inprocess, tracing, units
+from . import inprocess, tracing, units, whatif
 from .contenders import CONTENDERS
 from .profile_report import markdown
 
@@ -95,6 +95,12 @@ def run_profile(
     log("  unit costs")
     results["units"] = units.unit_costs(dsn, sizes.unit_n, sizes.unit_rounds)
     results["handover"] = units.handover_us(2000 if not quick else 200, 5 if not quick else 1)
+    log("  system calls among 16 threads")
+    results["contended_calls"] = units.contended_syscalls(dsn, 16, 400 if quick else 5000, 1 if quick else 5)
+    log("  what-if prototypes")
+    results["whatif"] = whatif.run_whatif(
+        dsn, [(1, 1), (16, 4), (64, 8)], 1 if quick else 7, 0.1 if quick else 1.0, log
+    )
     results["load"]["end"] = os.getloadavg()
     results["elapsed_s"] = time.time() - started
     with open(out / "engine-profile.json", "w") as f:

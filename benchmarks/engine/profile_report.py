@@ -153,6 +153,33 @@ def _callgrind(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _whatif(data: dict[str, Any] | None) -> list[str]:
+    lines = ["", "## What single changes would gain (prototypes, `benchmarks/engine/whatif.py`)", ""]
+    if not data:
+        return [*lines, "Not run."]
+    if "skipped" in data:
+        return [*lines, f"Not run: {data['skipped']}."]
+    shapes = list(data["shapes"])
+    lines += [
+        "Each prototype is a private copy of the engine with one change; every row runs in the same",
+        "interleaved rounds. Ratios: median of per-round ratios against flask-pgpool as it is, and against",
+        "psycopg_pool (defaults). Switches: voluntary context switches per pair.",
+        "",
+        "| variant | " + " | ".join(f"{s}: pairs/s, vs flask-pgpool, vs psycopg_pool, switches" for s in shapes) + " |",
+        "|---|" + "---|" * len(shapes),
+    ]
+    for key, label in data["labels"].items():
+        cells = []
+        for shape in shapes:
+            r = data["shapes"][shape][key]
+            cells.append(
+                f"{r['pairs_per_s']:,.0f}, {r['vs_pgpool']:.2f}x, {r['vs_psycopg_pool']:.2f}x,"
+                f" {r['switches_per_pair']:.2f}"
+            )
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(results: dict[str, Any]) -> str:
     m = results["machine"]
     load = results["load"]
@@ -212,6 +239,17 @@ def markdown(results: dict[str, Any]) -> str:
     lines += ["", "Waking a blocked thread, one way (two threads ping-pong; min / median / max over runs, us):", ""]
     for label, v in results["handover"].items():
         lines.append(f"- {label}: {v['min']:.1f} / **{v['median']:.1f}** / {v['max']:.1f}")
+    lines += [
+        "",
+        "The same call made by 16 threads at once (each its own loop; wall ns per call, context switches per call):",
+        "a call that releases the GIL lets a waiting thread in, and the caller must then get it back.",
+        "",
+        "| call | ns per call, 16 threads | switches per call |",
+        "|---|---:|---:|",
+    ]
+    for row in results.get("contended_calls", []):
+        lines.append(f"| {row['call']} | {row['ns_per_call']:.0f} | {row['switches_per_call']:.4f} |")
+    lines += _whatif(results.get("whatif"))
     lines += ["", "## Per function (cProfile, top 25 by own time)"]
     lines += _functions(results, 25)
     return "\n".join(lines) + "\n"

@@ -15,7 +15,7 @@ import psycopg2
 
 from ..micro import _interleave
 
-__all__ = ["handover_us", "unit_costs"]
+__all__ = ["contended_syscalls", "handover_us", "resource_usage", "unit_costs"]
 
 
 def _health_check() -> Callable[[Any, Any], Any] | None:
@@ -136,3 +136,100 @@ def handover_us(trips: int, repeat: int) -> dict[str, dict[str, float]]:
         times = [_ping_pong(kind, trips) * 1e6 for _ in range(repeat)]
         out[label] = {"min": min(times), "median": statistics.median(times), "max": max(times)}
     return out
+
+
+def _libc_poll_keeping_gil() -> Callable[[Any, int, int], int] | None:
+    """libc's poll() called through ctypes.PyDLL, which does not release the GIL."""
+    try:
+        import ctypes
+
+        libc = ctypes.PyDLL(None)
+        poll = libc.poll
+    except (OSError, AttributeError):
+        return None
+    poll.argtypes = (ctypes.c_void_p, ctypes.c_ulong, ctypes.c_int)
+    poll.restype = ctypes.c_int
+    return poll
+
+
+def contended_syscalls(dsn: str, threads: int, calls: int, repeat: int) -> list[dict[str, Any]]:
+    """Wall time per call when ``threads`` threads make the same call: what releasing the GIL costs.
+
+    A call that releases the GIL lets a waiting thread take it, and the caller
+    must then wait for it back: alone it costs nanoseconds, among runnable
+    threads it can cost a thread switch.
+    """
+    import ctypes
+
+    conn = psycopg2.connect(dsn)
+    try:
+        fd = conn.fileno()
+
+        def select_poll() -> Callable[[], Any]:
+            # One poll object per thread: a poll object refuses concurrent use.
+            poller = select.poll()
+            poller.register(fd, select.POLLIN | select.POLLPRI)
+            return lambda: poller.poll(0)
+
+        cases: dict[str, Callable[[], Callable[[], Any]]] = {
+            "no system call (time.monotonic())": lambda: time.monotonic,
+            "os.getpid() (keeps the GIL)": lambda: os.getpid,
+            "select.poll().poll(0) (releases the GIL)": select_poll,
+        }
+        libc_poll = _libc_poll_keeping_gil()
+        if libc_poll is not None:
+
+            def ctypes_poll() -> Callable[[], Any]:
+                # struct pollfd {int fd; short events; short revents;}: the second int holds events.
+                pollfd = (ctypes.c_int * 2)(fd, select.POLLIN | select.POLLPRI)
+                address = ctypes.addressof(pollfd)
+                return lambda: (pollfd, libc_poll(address, 1, 0))
+
+            cases["libc poll(fd, 1, 0) through ctypes.PyDLL (keeps the GIL)"] = ctypes_poll
+        out: list[dict[str, Any]] = []
+        for _ in range(repeat):
+            for name, make in cases.items():
+                start_gate = threading.Barrier(threads + 1)
+
+                def work(
+                    make: Callable[[], Callable[[], Any]] = make, start_gate: threading.Barrier = start_gate
+                ) -> None:
+                    op = make()
+                    start_gate.wait()
+                    for _ in range(calls):
+                        op()
+
+                workers = [threading.Thread(target=work, daemon=True) for _ in range(threads)]
+                for t in workers:
+                    t.start()
+                before = resource_usage()
+                start_gate.wait()
+                start = time.perf_counter()
+                for t in workers:
+                    t.join()
+                elapsed = time.perf_counter() - start
+                switches = resource_usage() - before
+                out.append({"call": name, "ns_per_call": elapsed / (threads * calls) * 1e9,
+                            "switches_per_call": switches / (threads * calls)})
+    finally:
+        conn.close()
+    merged: dict[str, list[dict[str, Any]]] = {}
+    for row in out:
+        merged.setdefault(row["call"], []).append(row)
+    return [
+        {
+            "call": name,
+            "threads": threads,
+            "ns_per_call": statistics.median(r["ns_per_call"] for r in rows),
+            "switches_per_call": statistics.median(r["switches_per_call"] for r in rows),
+        }
+        for name, rows in merged.items()
+    ]
+
+
+def resource_usage() -> int:
+    """Context switches of this process so far (voluntary and involuntary)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_nvcsw + usage.ru_nivcsw
