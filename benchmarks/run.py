@@ -18,6 +18,7 @@ from .database import open_database
 from .load import wrk_path
 from .machine import describe
 from .micro import run_micro
+from .options import pick
 from .report import chart, markdown, targets
 from .scenarios import Plan, run_restart, run_throughput
 
@@ -62,10 +63,10 @@ def _machine(db_version: str) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown:
-        _log(f"unknown variant(s): {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    try:
+        variants = pick(args.variants, VARIANTS, "variant(s)")
+    except ValueError as exc:
+        _log(str(exc))
         return 2
     scenarios = {s.strip() for s in args.scenarios.split(",")}
     out = args.out or (_RESULTS / "raw" / "quick" if args.quick else _RESULTS)

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..database import open_database
 from ..machine import describe
+from ..options import pick
 from .bench import HANDOVER_SHAPES, SHAPES, Plan, run_engine
 from .contenders import CONTENDERS
 from .report import chart, markdown
@@ -72,10 +73,10 @@ def _plan(args: argparse.Namespace, contenders: list[str]) -> Plan:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
-    unknown = [c for c in contenders if c not in CONTENDERS]
-    if unknown:
-        _log(f"unknown contender(s): {', '.join(unknown)}; choose from {', '.join(CONTENDERS)}")
+    try:
+        contenders = pick(args.contenders, CONTENDERS, "contender(s)")
+    except ValueError as exc:
+        _log(str(exc))
         return 2
     out: Path = args.out or (_RESULTS / "raw" / "quick" if args.quick else _RESULTS)
     out.mkdir(parents=True, exist_ok=True)

@@ -134,48 +134,33 @@ def _handover_summary(samples: dict[str, list[Sample]]) -> dict[str, dict[str, A
     return out
 
 
+def _shape(
+    plan: Plan, dsn: str, threads: int, conns: int, record: bool, log: Callable[[str], None]
+) -> tuple[dict[str, Any], dict[str, list[Sample]]]:
+    """One shape: open every pool that can run it, warm up, run the rounds, close."""
+    keys, skipped = _runnable(plan, threads, conns)
+    rounds, seconds = (plan.handover_rounds, plan.handover_seconds) if record else (plan.rounds, plan.seconds)
+    meta: dict[str, Any] = {"threads": threads, "conns": conns, "load_before": os.getloadavg(), "skipped": skipped}
+    pools = _open_all(keys, dsn, conns)
+    try:
+        _rounds(pools, threads, 1, plan.warmup_seconds, record, lambda _: None)
+        samples = _rounds(pools, threads, rounds, seconds, record, log)
+    finally:
+        _close_all(pools)
+    meta["load_after"] = os.getloadavg()
+    meta["load_during"] = _spread([s.load_1min for runs in samples.values() for s in runs])
+    return meta, samples
+
+
 def run_engine(plan: Plan, dsn: str, log: Callable[[str], None]) -> dict[str, Any]:
     """Every shape, every pool, ``plan.rounds`` interleaved rounds; then the hand-over runs."""
     results: dict[str, Any] = {"plan": asdict(plan), "throughput": [], "handover": []}
     for threads, conns in plan.shapes:
-        keys, skipped = _runnable(plan, threads, conns)
         log(f"  {threads} thread(s) on {conns} connection(s)")
-        load_before = os.getloadavg()
-        pools = _open_all(keys, dsn, conns)
-        try:
-            _rounds(pools, threads, 1, plan.warmup_seconds, False, lambda _: None)
-            samples = _rounds(pools, threads, plan.rounds, plan.seconds, False, log)
-        finally:
-            _close_all(pools)
-        results["throughput"].append(
-            {
-                "threads": threads,
-                "conns": conns,
-                "load_before": load_before,
-                "load_after": os.getloadavg(),
-                "load_during": _spread([s.load_1min for runs in samples.values() for s in runs]),
-                "skipped": skipped,
-                "contenders": _throughput_summary(samples),
-            }
-        )
+        meta, samples = _shape(plan, dsn, threads, conns, False, log)
+        results["throughput"].append({**meta, "contenders": _throughput_summary(samples)})
     for threads, conns in plan.handover_shapes:
-        keys, skipped = _runnable(plan, threads, conns)
         log(f"  hand-over waits: {threads} threads on {conns} connections")
-        load_before = os.getloadavg()
-        pools = _open_all(keys, dsn, conns)
-        try:
-            _rounds(pools, threads, 1, plan.warmup_seconds, True, lambda _: None)
-            samples = _rounds(pools, threads, plan.handover_rounds, plan.handover_seconds, True, log)
-        finally:
-            _close_all(pools)
-        results["handover"].append(
-            {
-                "threads": threads,
-                "conns": conns,
-                "load_before": load_before,
-                "load_after": os.getloadavg(),
-                "skipped": skipped,
-                "contenders": _handover_summary(samples),
-            }
-        )
+        meta, samples = _shape(plan, dsn, threads, conns, True, log)
+        results["handover"].append({**meta, "contenders": _handover_summary(samples)})
     return results

@@ -7,12 +7,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg2
 import psycopg_pool
 from psycopg2.pool import ThreadedConnectionPool
-from sqlalchemy import create_engine
 
 import flask_pgpool
+
+from ..apps.sqlalchemy_app import make_engine
 
 __all__ = ["CONTENDERS", "REFERENCE", "Contender", "OpenPool"]
 
@@ -69,14 +69,7 @@ def _psycopg_pool(check: bool) -> Callable[[str, int], OpenPool]:
 
 def _queue_pool(pre_ping: bool) -> Callable[[str, int], OpenPool]:
     def open_pool(dsn: str, size: int) -> OpenPool:
-        # The psycopg2 dialect, so that pre_ping is the dialect's own ping.
-        engine = create_engine(
-            "postgresql+psycopg2://",
-            creator=lambda: psycopg2.connect(dsn),
-            pool_size=size,
-            max_overflow=0,
-            pool_pre_ping=pre_ping,
-        )
+        engine = make_engine(dsn, size, pre_ping)
         # Closing a pooled raw connection returns it (no Python frame of ours in the pair).
         putconn: Callable[[Any], None] = operator.methodcaller("close")
         return _fill(OpenPool(engine.raw_connection, putconn, engine.dispose, engine.pool), size)

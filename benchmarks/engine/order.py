@@ -36,8 +36,12 @@ def order_stats(records: Sequence[tuple[int, int, float]]) -> dict[str, float]:
     joining the pool's queue).
     """
     if not records:
-        return {"overtaken_share": float("nan"), "overtakers_mean": float("nan"), "overtakers_p99": float("nan"),
-                "overtakers_max": float("nan")}
+        return {
+            "overtaken_share": float("nan"),
+            "overtakers_mean": float("nan"),
+            "overtakers_p99": float("nan"),
+            "overtakers_max": float("nan"),
+        }
     in_service_order = [arrival for arrival, _, _ in sorted(records, key=lambda r: r[1])]
     rank = {a: i + 1 for i, a in enumerate(sorted(in_service_order))}
     n = len(in_service_order)

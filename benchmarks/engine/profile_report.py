@@ -9,6 +9,7 @@ from .contenders import CONTENDERS
 
 __all__ = ["SELECTED", "markdown"]
 
+
 def _where(func: Any) -> str:
     """How cProfile names a function of the threading module."""
     code = func.__code__
@@ -22,7 +23,8 @@ SELECTED: dict[str, tuple[str, ...]] = {
     "os.getpid() (a system call)": ("posix.getpid",),
     "poll() (a system call that releases the GIL)": ("'poll' of 'select.poll'",),
     "explicit lock acquire() (cProfile does not see `with lock:`)": (
-        "'acquire' of '_thread.lock'", "'acquire' of '_thread.RLock'",
+        "'acquire' of '_thread.lock'",
+        "'acquire' of '_thread.RLock'",
     ),
     "locks created (_thread.allocate_lock)": ("_thread.allocate_lock",),
     "threading.Event() created": (_where(threading.Event.__init__),),

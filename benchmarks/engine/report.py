@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ..report import save_figure
 from .contenders import CONTENDERS, REFERENCE
 
 __all__ = ["chart", "markdown"]
@@ -161,15 +162,16 @@ def chart(results: dict[str, Any], path: Path) -> None:
         ax.set_xscale("log")
         ax.invert_yaxis()
         ax.legend(fontsize=7)
-        ax.set_title(f"{shape['threads']} threads / {shape['conns']} conns: wait in getconn, us (lower is better)",
-                     fontsize=9)
+        ax.set_title(
+            f"{shape['threads']} threads / {shape['conns']} conns: wait in getconn, us (lower is better)", fontsize=9
+        )
         ax.tick_params(labelsize=7)
     for ax in flat[panels:]:
         ax.axis("off")
     m = results["machine"]
-    fig.suptitle(
-        f"Pool engine alone - {m['cpu']}, {m['cores']} cores, load {m['load_at_start'][0]:.1f} at start", fontsize=10
+    save_figure(
+        fig,
+        f"Pool engine alone - {m['cpu']}, {m['cores']} cores, load {m['load_at_start'][0]:.1f} at start",
+        path,
+        dpi=90,
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)

@@ -187,7 +187,5 @@ def callgrind(contender: str, threads: int, conns: int, pairs: int, dsn: str) ->
     return {
         "instructions_per_pair": (total - total0) / pairs,
         "top_functions": [{"function": f, "instructions_per_pair": ir} for ir, f in top],
-        "calls_per_pair": {
-            label: (calls.get(f, 0) - calls0.get(f, 0)) / pairs for f, label in CALLGRIND_CALLS.items()
-        },
+        "calls_per_pair": {label: (calls.get(f, 0) - calls0.get(f, 0)) / pairs for f, label in CALLGRIND_CALLS.items()},
     }

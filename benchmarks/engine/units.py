@@ -69,7 +69,10 @@ def unit_costs(dsn: str, n: int, rounds: int) -> list[dict[str, Any]]:
             "Event.set() + clear(), nobody waiting": set_clear,
             "conn.get_transaction_status()": conn.get_transaction_status,
             "session tuple (4 connection attributes)": lambda: (
-                conn.autocommit, conn.isolation_level, conn.readonly, conn.deferrable
+                conn.autocommit,
+                conn.isolation_level,
+                conn.readonly,
+                conn.deferrable,
             ),
             "key tuple + dict insert + delete": bookkeeping,
         }
@@ -209,8 +212,13 @@ def contended_syscalls(dsn: str, threads: int, calls: int, repeat: int) -> list[
                     t.join()
                 elapsed = time.perf_counter() - start
                 switches = resource_usage() - before
-                out.append({"call": name, "ns_per_call": elapsed / (threads * calls) * 1e9,
-                            "switches_per_call": switches / (threads * calls)})
+                out.append(
+                    {
+                        "call": name,
+                        "ns_per_call": elapsed / (threads * calls) * 1e9,
+                        "switches_per_call": switches / (threads * calls),
+                    }
+                )
     finally:
         conn.close()
     merged: dict[str, list[dict[str, Any]]] = {}

@@ -184,9 +184,7 @@ def run_whatif(
         for key, runs in samples.items():
             shape[key] = {
                 "pairs_per_s": statistics.median(s.rate for s in runs),
-                "vs_pgpool": statistics.median(
-                    s.rate / b.rate for s, b in zip(runs, samples["pgpool"], strict=True)
-                ),
+                "vs_pgpool": statistics.median(s.rate / b.rate for s, b in zip(runs, samples["pgpool"], strict=True)),
                 "vs_psycopg_pool": statistics.median(
                     s.rate / b.rate for s, b in zip(runs, samples["psycopg_pool"], strict=True)
                 ),
