@@ -7,12 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg_pool
-from psycopg2.pool import ThreadedConnectionPool
-
 import flask_pgpool
-
-from ..apps.sqlalchemy_app import make_engine
 
 __all__ = ["CONTENDERS", "REFERENCE", "Contender", "OpenPool"]
 
@@ -57,6 +52,8 @@ def _pgpool(**options: Any) -> Callable[[str, int], OpenPool]:
 
 def _psycopg_pool(check: bool) -> Callable[[str, int], OpenPool]:
     def open_pool(dsn: str, size: int) -> OpenPool:
+        import psycopg_pool  # imported on use: the probe process loads only the pool it runs
+
         kwargs: dict[str, Any] = {"check": psycopg_pool.ConnectionPool.check_connection} if check else {}
         pool: psycopg_pool.ConnectionPool[Any] = psycopg_pool.ConnectionPool(
             dsn, min_size=size, max_size=size, open=True, **kwargs
@@ -69,6 +66,8 @@ def _psycopg_pool(check: bool) -> Callable[[str, int], OpenPool]:
 
 def _queue_pool(pre_ping: bool) -> Callable[[str, int], OpenPool]:
     def open_pool(dsn: str, size: int) -> OpenPool:
+        from ..apps.sqlalchemy_app import make_engine
+
         engine = make_engine(dsn, size, pre_ping)
         # Closing a pooled raw connection returns it (no Python frame of ours in the pair).
         putconn: Callable[[Any], None] = operator.methodcaller("close")
@@ -78,6 +77,8 @@ def _queue_pool(pre_ping: bool) -> Callable[[str, int], OpenPool]:
 
 
 def _threaded(dsn: str, size: int) -> OpenPool:
+    from psycopg2.pool import ThreadedConnectionPool
+
     pool = ThreadedConnectionPool(size, size, dsn)
     return OpenPool(pool.getconn, pool.putconn, pool.closeall, pool)
 
