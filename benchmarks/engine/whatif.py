@@ -22,7 +22,7 @@ from .pairs import Sample, run_pairs
 
 __all__ = ["prototypes", "run_whatif"]
 
-_NEEDED = ("_Waiter", "socket_state", "session_of", "restore_session", "bounded", "dsnlib", "_log")
+_NEEDED = ("_Waiter", "socket_state", "SocketState", "session_of", "restore_session", "bounded", "dsnlib", "_log")
 _METHODS = ("_locked", "_notify", "_reset", "_wait_time", "_acquire", "_give_back")
 
 
@@ -103,6 +103,33 @@ def _no_return_poll(module: ModuleType) -> None:
     module.ConnectionPool._reset = reset
 
 
+def _poll_keeping_gil(module: ModuleType) -> None:
+    """The socket check's poll(0) made through ctypes.PyDLL, which keeps the GIL (ctypes adds its own cost)."""
+    import ctypes
+    import select
+
+    from .units import _libc_poll_keeping_gil
+
+    libc_poll = _libc_poll_keeping_gil()
+    if libc_poll is None:
+        return
+    original = module.socket_state
+    events = select.POLLIN | select.POLLPRI
+    structs: dict[int, tuple[Any, int]] = {}
+
+    def socket_state(conn: Any, poller: Any = None) -> Any:
+        fd = conn.fileno()
+        entry = structs.get(fd)
+        if entry is None:
+            pollfd = (ctypes.c_int * 2)(fd, events)  # struct pollfd: fd; events and revents in one int
+            entry = structs[fd] = (pollfd, ctypes.addressof(pollfd))
+        if libc_poll(entry[1], 1, 0) == 0 and not conn.closed:
+            return module.SocketState.QUIET
+        return original(conn, poller)  # something to read, or closed: the engine's own check
+
+    setattr(module, "socket_state", socket_state)  # noqa: B010 (the module is typed as ModuleType)
+
+
 def _lock_waiter(module: ModuleType) -> None:
     setattr(module, "_Waiter", _LockWaiter)  # noqa: B010 (the module is typed as ModuleType)
 
@@ -125,6 +152,7 @@ PROTOTYPES: dict[str, tuple[str, list[Callable[[ModuleType], None]]]] = {
     "no_getpid": ("no os.getpid() per lock section", [_no_getpid]),
     "no_notify": ("no observer call when none is registered", [_no_notify]),
     "no_return_poll": ("no socket poll at return", [_no_return_poll]),
+    "poll_keeps_gil": ("socket poll that keeps the GIL (through ctypes)", [_poll_keeping_gil]),
     "lock_waiter": ("waiter = one plain lock, not an Event", [_lock_waiter]),
     "no_wait_time_lock": ("no lock section before each wait", [_no_wait_time_lock]),
     "all": (
