@@ -15,8 +15,9 @@ import contextlib
 import os
 import sys
 import threading
+from collections.abc import Callable
 
-from .contenders import CONTENDERS
+from .contenders import CONTENDERS, OpenPool
 
 __all__ = ["MARK_CHECKOUT", "MARK_END", "MARK_RETURN", "main"]
 
@@ -30,16 +31,27 @@ def _mark(path: str) -> None:
         os.stat(path)
 
 
+def _opener(name: str) -> Callable[[str, int], OpenPool]:
+    if name.startswith("whatif."):
+        from .whatif import prototypes
+
+        found = prototypes()
+        if isinstance(found, str):
+            raise SystemExit(found)
+        return found[name.removeprefix("whatif.")][1]
+    return CONTENDERS[name].open
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.engine.probe", description=__doc__)
-    ap.add_argument("contender", choices=list(CONTENDERS))
+    ap.add_argument("contender", help=f"one of {', '.join(CONTENDERS)}, or whatif.KEY for a prototype")
     ap.add_argument("threads", type=int)
     ap.add_argument("conns", type=int)
     ap.add_argument("pairs", type=int, help="pairs in all, shared among the threads")
     ap.add_argument("--dsn", required=True)
     ap.add_argument("--marks", action="store_true")
     args = ap.parse_args(argv)
-    pool = CONTENDERS[args.contender].open(args.dsn, args.conns)
+    pool = _opener(args.contender)(args.dsn, args.conns)
     get, put = pool.getconn, pool.putconn
     for _ in range(100):  # warm: code paths hot in the 0-pair run too
         put(get())

@@ -99,8 +99,14 @@ def run_profile(
     results["contended_calls"] = units.contended_syscalls(dsn, 16, 400 if quick else 5000, 1 if quick else 5)
     log("  what-if prototypes")
     results["whatif"] = whatif.run_whatif(
-        dsn, [(1, 1), (16, 4), (64, 8)], 1 if quick else 7, 0.1 if quick else 1.0, log
+        dsn, [(1, 1), (16, 4), (64, 8)], 1 if quick else 15, 0.1 if quick else 0.5, log
     )
+    if sizes.callgrind_pairs and "skipped" not in results["whatif"]:
+        results["whatif"]["callgrind"] = {}
+        for key in whatif.PROTOTYPES:
+            log(f"  callgrind: what-if {key}")
+            results["whatif"]["callgrind"][key] = tracing.callgrind(f"whatif.{key}", 1, 1, sizes.callgrind_pairs, dsn)
+        results["whatif"]["callgrind"].update(results["callgrind"])  # the pools themselves, measured above
     results["load"]["end"] = os.getloadavg()
     results["elapsed_s"] = time.time() - started
     with open(out / "engine-profile.json", "w") as f:

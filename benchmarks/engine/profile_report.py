@@ -162,23 +162,34 @@ def _whatif(data: dict[str, Any] | None) -> list[str]:
     if "skipped" in data:
         return [*lines, f"Not run: {data['skipped']}."]
     shapes = list(data["shapes"])
+    grind = data.get("callgrind") or {}
     lines += [
         "Each prototype is a private copy of the engine with one change; every row runs in the same",
-        "interleaved rounds. Ratios: median of per-round ratios against flask-pgpool as it is, and against",
-        "psycopg_pool (defaults). Switches: voluntary context switches per pair.",
+        "interleaved rounds. vs flask-pgpool: each round's pairs/s over flask-pgpool's (min / **median** / max);",
+        "vs psycopg_pool: the same, median. CPU: this process's CPU time per pair (us), less disturbed than",
+        "wall time by the machine's other work. Instructions: valgrind's count per pair, one thread (exact",
+        "and repeatable, but blind to the time spent in the kernel).",
         "",
-        "| variant | " + " | ".join(f"{s}: pairs/s, vs flask-pgpool, vs psycopg_pool, switches" for s in shapes) + " |",
-        "|---|" + "---|" * len(shapes),
     ]
-    for key, label in data["labels"].items():
-        cells = []
-        for shape in shapes:
+    for shape in shapes:
+        first = shape == shapes[0]
+        lines += [
+            "",
+            f"### {shape.replace('/', ' thread(s) on ')} connection(s)",
+            "",
+            "| variant | pairs/s | vs flask-pgpool | vs psycopg_pool | CPU us/pair | switches/pair"
+            + (" | instructions/pair |" if first else " |"),
+            "|---|---:|---|---:|---:|---:|" + ("---:|" if first else ""),
+        ]
+        for key, label in data["labels"].items():
             r = data["shapes"][shape][key]
-            cells.append(
-                f"{r['pairs_per_s']:,.0f}, {r['vs_pgpool']:.2f}x, {r['vs_psycopg_pool']:.2f}x,"
-                f" {r['switches_per_pair']:.2f}"
+            v = r["vs_pgpool"]
+            g = grind.get(key)
+            lines.append(
+                f"| {label} | {r['pairs_per_s']:,.0f} | {v['min']:.2f} / **{v['median']:.2f}x** / {v['max']:.2f}"
+                f" | {r['vs_psycopg_pool']:.2f}x | {r['cpu_us_per_pair']:.1f} | {r['switches_per_pair']:.2f} |"
+                + ((f" {g['instructions_per_pair']:,.0f} |" if g else " |") if first else "")
             )
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-from .bench import _rotated
+from .bench import _rotated, _spread
 from .contenders import CONTENDERS, OpenPool
 from .pairs import Sample, run_pairs
 
@@ -212,10 +212,12 @@ def run_whatif(
         for key, runs in samples.items():
             shape[key] = {
                 "pairs_per_s": statistics.median(s.rate for s in runs),
-                "vs_pgpool": statistics.median(s.rate / b.rate for s, b in zip(runs, samples["pgpool"], strict=True)),
+                "vs_pgpool": _spread([s.rate / b.rate for s, b in zip(runs, samples["pgpool"], strict=True)]),
                 "vs_psycopg_pool": statistics.median(
                     s.rate / b.rate for s, b in zip(runs, samples["psycopg_pool"], strict=True)
                 ),
+                # CPU time is less disturbed than wall time by the machine's other work.
+                "cpu_us_per_pair": statistics.median(s.cpu_share * s.seconds / s.pairs * 1e6 for s in runs),
                 "switches_per_pair": statistics.median(s.voluntary_switches for s in runs),
             }
         results["shapes"][f"{threads}/{conns}"] = shape
