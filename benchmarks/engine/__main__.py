@@ -34,6 +34,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.engine", description=__doc__)
     ap.add_argument("--quick", action="store_true", help="short runs that check the harness (< 1 min)")
     ap.add_argument("--profile", action="store_true", help="where flask-pgpool's time goes: engine-profile.md")
+    ap.add_argument(
+        "--render", action="store_true", help="only rewrite the Markdown (and chart) from the JSON of the last run"
+    )
     ap.add_argument("--dsn", default=os.environ.get("BENCH_DSN"), help="default: a private PostgreSQL for the run")
     ap.add_argument("--out", type=Path, help="default benchmarks/results (benchmarks/results/raw/quick with --quick)")
     ap.add_argument(
@@ -71,6 +74,15 @@ def _plan(args: argparse.Namespace, contenders: list[str]) -> Plan:
     return plan
 
 
+def _render(out: Path, results: dict[str, Any]) -> None:
+    chart(results, out / "engine.png")
+    text = markdown(results, "engine.png")
+    analysis = out / "engine-analysis.md"
+    if analysis.exists():  # written by hand for a committed run, kept across regeneration
+        text += "\n" + analysis.read_text()
+    (out / "engine.md").write_text(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     try:
@@ -80,6 +92,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out: Path = args.out or (_RESULTS / "raw" / "quick" if args.quick else _RESULTS)
     out.mkdir(parents=True, exist_ok=True)
+    if args.render:
+        if args.profile:
+            from .profile import render_profile
+
+            render_profile(out)
+        else:
+            _render(out, json.loads((out / "engine.json").read_text()))
+        return 0
     started = time.time()
     db = open_database(args.dsn)
     try:
@@ -104,8 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     results["elapsed_s"] = time.time() - started
     with open(out / "engine.json", "w") as f:
         json.dump(results, f, indent=1, default=str)
-    chart(results, out / "engine.png")
-    (out / "engine.md").write_text(markdown(results, "engine.png"))
+    _render(out, results)
     _log(f"\nresults: {out / 'engine.md'} ({results['elapsed_s']:.0f} s)")
     if args.quick:
         _log("(quick mode checks that the harness works; its numbers mean little)")

@@ -20,7 +20,7 @@ from . import inprocess, tracing, units, whatif
 from .contenders import CONTENDERS
 from .profile_report import markdown
 
-__all__ = ["run_profile"]
+__all__ = ["render_profile", "run_profile"]
 
 #: The pools profiled, flask-pgpool's first.
 PROFILED = ["pgpool", "pgpool_nocheck", "psycopg_pool"]
@@ -111,10 +111,16 @@ def run_profile(
     results["elapsed_s"] = time.time() - started
     with open(out / "engine-profile.json", "w") as f:
         json.dump(results, f, indent=1, default=str)
+    render_profile(out)
+    log(f"\nprofile: {out / 'engine-profile.md'} ({results['elapsed_s']:.0f} s)")
+    return results
+
+
+def render_profile(out: Path) -> None:
+    """engine-profile.md from engine-profile.json, with the hand-written analysis beside it appended."""
+    results = json.loads((out / "engine-profile.json").read_text())
     text = markdown(results)
     analysis = out / "engine-profile-analysis.md"
     if analysis.exists():  # written by hand for a committed run, kept across regeneration
         text += "\n" + analysis.read_text()
     (out / "engine-profile.md").write_text(text)
-    log(f"\nprofile: {out / 'engine-profile.md'} ({results['elapsed_s']:.0f} s)")
-    return results
