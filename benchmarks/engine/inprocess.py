@@ -127,17 +127,27 @@ class CountingLock:
         self.release()
 
 
+def _lock_of(pool: Any) -> tuple[Any, str] | None:
+    """Where the pool keeps its lock: ``pool._lock`` (psycopg_pool, the first engine) or ``pool._state.lock``."""
+    for holder, name in ((pool, "_lock"), (getattr(pool, "_state", None), "lock")):
+        if holder is not None and hasattr(getattr(holder, name, None), "acquire"):
+            return holder, name
+    return None
+
+
 def lock_sections(pool: OpenPool, threads: int, pairs: int) -> dict[str, float] | None:
-    """The pool's own lock (its ``_lock`` attribute), wrapped for one run; None if it has none."""
-    inner = getattr(pool.pool, "_lock", None)
-    if inner is None or not hasattr(inner, "acquire"):
+    """The pool's own lock, wrapped for one run; None if it has none we can find."""
+    found = _lock_of(pool.pool)
+    if found is None:
         return None
+    holder, name = found
+    inner = getattr(holder, name)
     counting = CountingLock(inner)
-    pool.pool._lock = counting
+    setattr(holder, name, counting)
     try:
         _run(pool, threads, pairs)
     finally:
-        pool.pool._lock = inner
+        setattr(holder, name, inner)
     done = (pairs // threads) * threads
     return {
         "sections_per_pair": counting.sections / done,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import importlib
 import os
 import select
 import statistics
@@ -18,12 +19,14 @@ from ..micro import _interleave
 __all__ = ["contended_syscalls", "handover_us", "resource_usage", "unit_costs"]
 
 
-def _health_check() -> Callable[[Any, Any], Any] | None:
-    try:
-        from flask_pgpool._health import socket_state
-    except ImportError:  # the engine's modules were reorganised
-        return None
-    return socket_state
+def _health_check() -> tuple[str, Callable[[Any, Any], Any]] | None:
+    """The engine's socket check at checkout, under whichever name this version of the engine gives it."""
+    health = importlib.import_module("flask_pgpool._health")
+    for name in ("peek_state", "socket_state"):
+        check = getattr(health, name, None)
+        if callable(check):
+            return name, check
+    return None
 
 
 def unit_costs(dsn: str, n: int, rounds: int) -> list[dict[str, Any]]:
@@ -76,9 +79,10 @@ def unit_costs(dsn: str, n: int, rounds: int) -> list[dict[str, Any]]:
             ),
             "key tuple + dict insert + delete": bookkeeping,
         }
-        check = _health_check()
-        if check is not None:
-            cases["flask-pgpool socket_state(conn, poller) (the health check)"] = lambda: check(conn, poller)
+        found = _health_check()
+        if found is not None:
+            name, check = found
+            cases[f"flask-pgpool {name}(conn, poller) (the health check)"] = lambda: check(conn, poller)
         samples = _interleave(cases, n, rounds)
     finally:
         conn.close()
