@@ -15,7 +15,7 @@ from typing import Any
 
 from ..database import open_database
 from ..machine import describe
-from ..options import pick
+from ..options import names_from
 from .bench import HANDOVER_SHAPES, SHAPES, Plan, run_engine
 from .contenders import CONTENDERS
 from .report import chart, markdown
@@ -40,7 +40,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--dsn", default=os.environ.get("BENCH_DSN"), help="default: a private PostgreSQL for the run")
     ap.add_argument("--out", type=Path, help="default benchmarks/results (benchmarks/results/raw/quick with --quick)")
     ap.add_argument(
-        "--contenders", default=",".join(CONTENDERS), help="comma-separated, from: " + ", ".join(CONTENDERS)
+        "--contenders",
+        type=names_from(CONTENDERS, "contender(s)"),
+        default=",".join(CONTENDERS),
+        help="comma-separated, from: " + ", ".join(CONTENDERS),
     )
     ap.add_argument("--rounds", type=int, help="interleaved rounds per shape")
     ap.add_argument("--seconds", type=float, help="seconds per pool per round")
@@ -85,11 +88,7 @@ def _render(out: Path, results: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    try:
-        contenders = pick(args.contenders, CONTENDERS, "contender(s)")
-    except ValueError as exc:
-        _log(str(exc))
-        return 2
+    contenders: list[str] = args.contenders
     out: Path = args.out or (_RESULTS / "raw" / "quick" if args.quick else _RESULTS)
     out.mkdir(parents=True, exist_ok=True)
     if args.render:
