@@ -48,8 +48,11 @@ def markdown(results: dict[str, Any], chart_name: str | None) -> str:
         f"pairs/s over {ref}'s in the same round, then min / **median** / max of those ratios.",
         "CPU share: this process's CPU time over wall time (near 1.0 is one core, the most the GIL allows;",
         "lower means the machine's other work took the CPU). Switches: the process's voluntary context",
-        "switches (a thread blocked) per pair. The load column is the 1-minute load average during the rounds.",
+        "switches (a thread blocked) per pair. Each shape gives the 1-minute load average during its rounds.",
     ]
+    notes = [f"- {c.label}: {c.note}" for c in CONTENDERS.values() if c.note and c.waits]
+    if notes:
+        lines += ["", *notes]
     if chart_name:
         lines += ["", f"![pairs per second]({chart_name})"]
     for shape in results["throughput"]:
