@@ -10,6 +10,9 @@ from .contenders import CONTENDERS
 __all__ = ["SELECTED", "markdown"]
 
 
+_OBSERVERS = "<observer calls>"
+
+
 def _where(func: Any) -> str:
     """How cProfile names a function of the threading module."""
     code = func.__code__
@@ -33,7 +36,7 @@ SELECTED: dict[str, tuple[str, ...]] = {
     "Condition.notify() / notify_all()": (_where(threading.Condition.notify), _where(threading.Condition.notify_all)),
     "Event.wait()": (_where(threading.Event.wait),),
     "Condition.wait() (a thread blocks, then is woken)": (_where(threading.Condition.wait),),
-    "observer notifications (_notify)": ("_notify",),
+    "observer notifications (flask-pgpool's notify / _notify)": (_OBSERVERS,),
     "threads started": (_where(threading.Thread.start),),
 }
 
@@ -47,6 +50,12 @@ def _selected_counts(functions: list[dict[str, Any]]) -> dict[str, float]:
     for label, patterns in SELECTED.items():
         if patterns == (".py:",):
             out[label] = sum(f["calls_per_pair"] for f in functions if ".py:" in f["function"])
+        elif patterns == (_OBSERVERS,):
+            out[label] = sum(
+                f["calls_per_pair"]
+                for f in functions
+                if f["function"].startswith("flask_pgpool/") and f["function"].split()[-1] in ("notify", "_notify")
+            )
         else:
             out[label] = sum(f["calls_per_pair"] for f in functions if any(p in f["function"] for p in patterns))
     return out
