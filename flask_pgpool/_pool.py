@@ -40,6 +40,7 @@ from psycopg2.extensions import (
 from psycopg2.pool import PoolError, ThreadedConnectionPool
 
 from . import _dsn as dsnlib
+from . import _green
 from ._connections import Slot, close_quietly, restore_session, session_of
 from ._errors import PoolClosed, PoolTimeout, TooManyRequests
 from ._health import SocketState, bounded, ping, poller_for, socket_state
@@ -862,6 +863,8 @@ class ConnectionPool(ThreadedConnectionPool):
         """Start empty, as in a new process. Inherited connections are dropped,
         never closed: closing them would end the parent's sessions (and psycopg2
         does not close a connection of another process when it is freed)."""
+        # Before any lock is made: under gevent they must be gevent's.
+        _green.ensure_cooperative()
         self._lock = threading.Lock()
         # Another thread of the parent may have held it at the fork.
         self._dsn_lock = threading.Lock()
@@ -885,8 +888,9 @@ class ConnectionPool(ThreadedConnectionPool):
     def _locked(self) -> threading.Lock:
         """The pool's lock, after making sure the pool belongs to this process.
 
-        The fork hook below resets pools in the child; this catches a fork that
-        bypassed Python's hooks.
+        A forked child makes its own state here, on first use, not in the fork
+        hook: a gunicorn gevent worker monkey-patches threading after the fork,
+        and locks made before that would block every greenlet.
         """
         if self._pid != os.getpid():
             with _fork_lock:
@@ -906,8 +910,10 @@ _fork_lock = threading.Lock()
 
 
 def _after_fork_in_child() -> None:
-    for pool in list(_pools):
-        pool._reset_process_state()
+    # Another thread of the parent may have held it at the fork. The pools
+    # themselves are reset on their first use in the child (see _locked).
+    global _fork_lock
+    _fork_lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
