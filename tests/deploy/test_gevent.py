@@ -210,3 +210,50 @@ def test_connect_timeout_still_bounds_a_connect_under_gevent(
     assert 1.5 <= result["elapsed"] < 10
     # The other greenlets ran while the connect waited.
     assert result["ticks"] >= 5
+
+
+FORK_THEN_PATCH_SCRIPT = """
+    import faulthandler, json, os, sys
+    from flask_pgpool import ConnectionPool
+
+    dsn, app_name = sys.argv[1:3]
+    pool = ConnectionPool(1, 2, dsn, connect_args={"application_name": app_name}, timeout=10)
+    # Used before the fork: the parent has connections, a housekeeper and a watchdog thread.
+    conn = pool.getconn()
+    with conn.cursor() as cur:
+        cur.execute("SELECT 1")
+    pool.putconn(conn)  # rolled back under a watchdog
+
+    child = os.fork()
+    if child == 0:
+        # What a gunicorn --preload gevent worker does: patch after the fork.
+        faulthandler.dump_traceback_later(20, exit=True)  # a deadlock fails instead of hanging
+        from gevent import monkey
+
+        monkey.patch_all()
+        import gevent
+
+        def work(i):
+            c = pool.getconn()
+            with c.cursor() as cur:
+                cur.execute("SELECT pg_sleep(0.1)")
+            pool.putconn(c)  # an open transaction: rolled back under a watchdog
+            return i
+
+        jobs = [gevent.spawn(work, i) for i in range(8)]
+        gevent.joinall(jobs, timeout=15)
+        print(json.dumps({"done": sum(1 for j in jobs if j.successful()),
+                          "errors": [repr(j.exception) for j in jobs if j.exception]}), flush=True)
+        pool.closeall()
+        os._exit(0)
+    _, status = os.waitpid(child, 0)
+    pool.closeall()
+    sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_a_pool_used_before_fork_works_in_a_child_that_gevent_patched(
+    pg_server_dsn: str, app_name: str, tmp_path: Path
+) -> None:
+    result = _run_script(tmp_path, FORK_THEN_PATCH_SCRIPT, pg_server_dsn, app_name)
+    assert result == {"done": 8, "errors": []}
