@@ -18,7 +18,7 @@ from flask.globals import _cv_app
 from psycopg2.pool import ThreadedConnectionPool
 
 from flask_pgpool import ConnectionPool, get_db
-from flask_pgpool._health import socket_state
+from flask_pgpool._health import peek_state, poller_for
 
 from .apps import dedicated_app, pgpool_app
 from .apps.common import make_app
@@ -31,6 +31,7 @@ def _cases(dsn: str) -> tuple[dict[str, Callable[[], Any]], Callable[[], None]]:
     ours_no_check = ConnectionPool(1, 4, dsn, health_check=False)
     theirs = ThreadedConnectionPool(1, 4, dsn)
     idle = ours.getconn()
+    idle_poller = poller_for(idle)
     ours.putconn(idle)
     pg_app = pgpool_app.create_app(dsn, 4)
     dedicated = dedicated_app.create_app(dsn, 4)
@@ -54,7 +55,7 @@ def _cases(dsn: str) -> tuple[dict[str, Callable[[], Any]], Callable[[], None]]:
         "ThreadedConnectionPool getconn+putconn": lambda: theirs.putconn(theirs.getconn()),
         "ConnectionPool getconn+putconn": lambda: ours.putconn(ours.getconn()),
         "ConnectionPool getconn+putconn, health_check=False": lambda: ours_no_check.putconn(ours_no_check.getconn()),
-        "health.socket_state(idle connection)": lambda: socket_state(idle),
+        "health.peek_state(idle connection)": lambda: peek_state(idle, idle_poller),
         "os.getpid() (pid check, 2 per checkout)": os.getpid,
         "app context push+pop, dedicated app": app_context(dedicated),
         "app context push+pop, flask-pgpool app (teardown)": app_context(pg_app),

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from . import _dsn as dsnlib
+from ._timeouts import DEFAULT_NETWORK_TIMEOUT
 
 __all__ = ["DEFAULT_BIND", "ConfigError", "PgPoolConfigWarning", "PoolSettings", "read_settings"]
 
@@ -48,9 +49,12 @@ class PoolSettings:
     ping_after: float | None = 30.0
     leak_timeout: float | None = None
     connect_timeout: int = 5
+    network_timeout: float | None = DEFAULT_NETWORK_TIMEOUT
+    statement_timeout: float | None = None
     connect_args: Mapping[str, Any] = field(default_factory=dict)
     read_only: bool = False
     configure: Callable[..., None] | None = None
+    reset: str | Callable[..., None] | None = None
     retry_after: int = 1
     embedded: bool = False
 
@@ -109,6 +113,25 @@ def _ping_after(key: str, value: Any) -> float | None:
         ) from None
 
 
+# Both bounds end up in milliseconds in a C int (tcp_user_timeout, statement_timeout).
+_MAX_BOUND = 2_147_483
+
+
+def _bound(key: str, value: Any) -> float | None:
+    if value is None or (not isinstance(value, bool) and value in (0, "0")):
+        return None
+    try:
+        seconds = _seconds(key, value)
+        if seconds > _MAX_BOUND:
+            raise ConfigError(key)
+    except ConfigError:
+        raise ConfigError(
+            f"{key} must be a number of seconds > 0 (at most {_MAX_BOUND}), or 0 or None to turn it off, "
+            f"got {value!r}"
+        ) from None
+    return seconds
+
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -153,6 +176,17 @@ def _callable(key: str, value: Any) -> Callable[..., None] | None:
     return value  # type: ignore[no-any-return]
 
 
+def _reset(key: str, value: Any) -> str | Callable[..., None] | None:
+    if value is None or callable(value):
+        return value  # type: ignore[no-any-return]
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    raise ConfigError(
+        f"{key} must be SQL to run on each returned connection (such as 'DISCARD ALL'), "
+        f"a function taking the connection, or None, got {value!r}"
+    )
+
+
 _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "dsn": _dsn,
     "minconn": _int(0),
@@ -165,9 +199,12 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "ping_after": _ping_after,
     "leak_timeout": _optional_seconds,
     "connect_timeout": _int(0),
+    "network_timeout": _bound,
+    "statement_timeout": _bound,
     "connect_args": _mapping,
     "read_only": _bool,
     "configure": _callable,
+    "reset": _reset,
     "retry_after": _int(0),
     "embedded": _bool,
 }

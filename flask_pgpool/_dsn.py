@@ -14,6 +14,8 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsp
 import psycopg2
 from psycopg2.extensions import make_dsn, parse_dsn
 
+__all__ = ["MASK", "InvalidDSN", "describe", "is_url", "mask_args", "mask_dsn", "parse", "redact", "secrets_of"]
+
 MASK = "***"
 _URL_SCHEMES = ("postgresql://", "postgres://")
 # Connection parameters whose values are secrets.

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import threading
 import types
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg2
 from flask import Flask, Response, after_this_request, current_app, has_app_context, has_request_context
 from flask.ctx import AppContext
 from flask.globals import _cv_app
@@ -53,6 +55,13 @@ class PgPool:
     """
 
     def __init__(self, app: Flask | None = None, **options: Any) -> None:
+        """Set up the extension, and ``app`` with it when given.
+
+        ``options`` are the ``PGPOOL_`` settings in lower case without the
+        prefix (``maxconn=20``, ``binds={...}``), used as defaults for every
+        app; an unknown option raises :class:`TypeError` naming the closest
+        one. Values are checked at :meth:`init_app`.
+        """
         self._options = check_options(options)
         self._states: weakref.WeakKeyDictionary[Flask, _AppState] = weakref.WeakKeyDictionary()
         if app is not None:
@@ -76,6 +85,8 @@ class PgPool:
         # The app's own handler, registered before or after us, takes precedence.
         if PgPoolError not in app.error_handler_spec[None][None]:
             app.register_error_handler(PgPoolError, _service_unavailable)
+        if psycopg2.OperationalError not in app.error_handler_spec[None][None]:
+            app.register_error_handler(psycopg2.OperationalError, _connection_lost)
         # cli depends on this module, not the other way round; imported here only.
         from ._cli import status_command
 
@@ -205,10 +216,24 @@ def _make_pool(app: Flask, name: str, settings: PoolSettings) -> ConnectionPool:
         ping_after=settings.ping_after,
         leak_timeout=settings.leak_timeout,
         connect_timeout=settings.connect_timeout,
+        network_timeout=settings.network_timeout,
+        statement_timeout=settings.statement_timeout,
         read_only=settings.read_only,
         configure=settings.configure,
         connect_args=settings.connect_args,
+        reset=settings.reset,
+        label=_setting_label(app, name),
     )
+
+
+def _setting_label(app: Flask, bind: str) -> Callable[[str], str]:
+    """How the pool names its options in messages: by the config key to change."""
+    if bind != DEFAULT_BIND:
+        return lambda option: f"PGPOOL_BINDS[{bind!r}][{option!r}]"
+    dsn_key = "PGPOOL_DSN"
+    if not str(app.config.get("PGPOOL_DSN") or "").strip() and os.environ.get("DATABASE_URL"):
+        dsn_key = "the DATABASE_URL environment variable"
+    return lambda option: dsn_key if option == "dsn" else f"PGPOOL_{option.upper()}"
 
 
 def _teardown(exc: BaseException | None) -> None:
@@ -289,6 +314,46 @@ class _ReleaseWhenSent:
 def _service_unavailable(error: PgPoolError) -> ResponseReturnValue:
     """A pool that cannot serve answers 503 with Retry-After, not a 500 or a hang."""
     _log.warning("flask-pgpool: answering 503: %s", error)
+    return _unavailable()
+
+
+def _connection_lost(error: psycopg2.OperationalError) -> ResponseReturnValue:
+    """A connection that broke during the request (the network or the server went away) answers 503.
+
+    Any other OperationalError (a cancelled statement, a deadlock) goes on to
+    the app's own handlers, or becomes a 500, as if this handler did not exist.
+    """
+    ctx = _cv_app.get(None)
+    checked_out = (ctx.g.__dict__.get(_G_KEY) if ctx is not None else None) or {}
+    pooled = [conn for _, conn in checked_out.values()]
+    cursor = getattr(error, "cursor", None)
+    failed = [cursor.connection] if cursor is not None else pooled
+    # closed == 2: psycopg2 found the connection broken (closed by the view is 1).
+    if not any(conn.closed == 2 and any(conn is p for p in pooled) for conn in failed):
+        return _pass_on(error)
+    message = str(error).strip()
+    for pool, _ in checked_out.values():
+        message = pool.redact(message)
+    _log.warning("flask-pgpool: answering 503: the connection to the database was lost: %s", message)
+    return _unavailable()
+
+
+def _pass_on(error: Exception) -> ResponseReturnValue:
+    """Answer ``error`` the way Flask would without :func:`_connection_lost`.
+
+    Flask tries blueprint handlers before app handlers, so only the app's
+    handlers for the error's other classes are left to try.
+    """
+    handlers = current_app.error_handler_spec[None][None]
+    for cls in type(error).__mro__:
+        handler = handlers.get(cls)
+        if handler is not None and handler is not _connection_lost:
+            return current_app.ensure_sync(handler)(error)  # type: ignore[no-any-return]
+    raise error
+
+
+def _unavailable() -> ResponseReturnValue:
+    """503 with the app's Retry-After, through the app's 503 handler if it has one."""
     state = current_app.extensions["pgpool"]._state(None)
     retry_after = state.settings[DEFAULT_BIND].retry_after
     unavailable = ServiceUnavailable(

@@ -22,7 +22,7 @@ from typing import Any
 import psycopg2
 from psycopg2 import extensions
 
-__all__ = ["GeventSetupError", "ensure_cooperative", "gevent_wait", "unpatched"]
+__all__ = ["GeventSetupError", "ensure_cooperative", "gevent_wait", "patch_pending", "unpatched"]
 
 _log = logging.getLogger("flask_pgpool")
 
@@ -49,6 +49,19 @@ def unpatched(module: str, name: str) -> Any:
 
 def _patched(monkey: Any, module: str) -> bool:
     return bool(monkey.is_module_patched(module))
+
+
+def patch_pending() -> bool:
+    """gevent is loaded but has not patched threading yet.
+
+    That is the state of a gunicorn gevent worker right after the fork: its
+    master imported gevent, and the worker patches the standard library
+    before it serves. Locks made now would be the standard library's.
+    """
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is None:
+        return "gevent" in sys.modules
+    return not _patched(monkey, "threading")
 
 
 def ensure_cooperative() -> None:

@@ -23,6 +23,8 @@ from collections.abc import Iterator
 
 from psycopg2.extensions import TRANSACTION_STATUS_IDLE, connection
 
+__all__ = ["SocketState", "Watchdog", "bounded", "peek_state", "ping", "poller_for", "quick_state"]
+
 _PEEK_BYTES = 1
 # How late a watchdog may fire, in seconds: its timeouts are whole seconds.
 _GRANULARITY = 0.05
@@ -42,17 +44,23 @@ def poller_for(conn: connection) -> select.poll:
     return poller
 
 
-def socket_state(conn: connection, poller: select.poll | None = None) -> SocketState:
-    """Look at the connection's socket without reading from it or blocking.
+def quick_state(conn: connection) -> SocketState:
+    """What the driver knows without a system call: DEAD if the connection is
+    closed or not idle (a query still running, a transaction left open)."""
+    if conn.closed or conn.get_transaction_status() != TRANSACTION_STATUS_IDLE:
+        return SocketState.DEAD
+    return SocketState.QUIET
 
-    ``poller`` (from :func:`poller_for`) saves setting one up on every call.
+
+def peek_state(conn: connection, poller: select.poll) -> SocketState:
+    """Look at the connection's socket without reading from it or blocking:
+    one ``poll()`` system call for a healthy connection.
+
+    ``poller`` comes from :func:`poller_for`, made once per connection.
     """
     if conn.closed or conn.get_transaction_status() != TRANSACTION_STATUS_IDLE:
         return SocketState.DEAD
     try:
-        fd = conn.fileno()
-        if poller is None:
-            poller = poller_for(conn)
         events = poller.poll(0)
     except (OSError, ValueError):
         return SocketState.DEAD
@@ -63,7 +71,7 @@ def socket_state(conn: connection, poller: select.poll | None = None) -> SocketS
     if conn.info.ssl_in_use:
         # Encrypted bytes tell us nothing; let a ping decide.
         return SocketState.UNSURE
-    first = _peek(fd)
+    first = _peek(conn.fileno())
     if first is None:
         return SocketState.UNSURE
     # b"" is end of file. An ErrorResponse ("E") on an idle session is always

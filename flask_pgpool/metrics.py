@@ -91,6 +91,14 @@ class PgPoolMetrics:
         sync_interval: float = 1.0,
         buckets: Iterable[float] = WAIT_BUCKETS,
     ) -> None:
+        """Create the metrics, and export the pools of ``app`` when given.
+
+        ``registry``: where the single-process collector is registered
+        (``None``: nowhere). ``multiprocess``: force the mode; ``True``
+        without ``PROMETHEUS_MULTIPROC_DIR`` raises :class:`RuntimeError`.
+        ``sync_interval``: seconds between writes in multiprocess mode.
+        ``buckets``: of the checkout wait histogram, in seconds.
+        """
         active = _multiprocess_active()
         if multiprocess is None:
             multiprocess = active

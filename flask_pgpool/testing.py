@@ -8,6 +8,16 @@ does nothing until a test asks for one of its fixtures:
     environment variable, else the ``pgpool_test_dsn`` ini option, else a
     throwaway server (the ``embedded`` extra) deleted at the end of the session.
 
+``pgpool_schema`` (session)
+    What creates your tables; override it in your ``conftest.py``: SQL text,
+    a :class:`~pathlib.Path` of an SQL file, a function that takes a psycopg2
+    connection, or a list of these. Default: nothing.
+
+``pgpool_database`` (session)
+    The DSN of a new database on that server, made for the test session with
+    ``pgpool_schema`` applied once, and dropped at the end of the session.
+    Give it to your app as ``PGPOOL_DSN``.
+
 ``pgpool_transaction``
     Runs the test inside a transaction that is rolled back afterwards. Uses
     your ``app`` fixture: during the test, every :func:`~flask_pgpool.get_db`
@@ -22,8 +32,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, cast
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import pytest
 
@@ -33,7 +45,22 @@ if TYPE_CHECKING:
 
     from ._pool import ConnectionPool
 
-__all__ = ["RolledBackConnection", "pgpool_dsn", "pgpool_transaction", "rolled_back"]
+__all__ = [
+    "RolledBackConnection",
+    "Schema",
+    "SchemaPart",
+    "apply_schema",
+    "fresh_database",
+    "pgpool_database",
+    "pgpool_dsn",
+    "pgpool_schema",
+    "pgpool_transaction",
+    "rolled_back",
+]
+
+#: What :func:`apply_schema` accepts: SQL text, an SQL file, a function of a connection, or a list of these.
+SchemaPart: TypeAlias = "str | Path | Callable[[connection], object]"
+Schema: TypeAlias = "SchemaPart | Sequence[SchemaPart] | None"
 
 DSN_ENV = "PGPOOL_TEST_DSN"
 DSN_INI = "pgpool_test_dsn"
@@ -77,6 +104,7 @@ class RolledBackConnection:
     """
 
     def commit(self) -> None:
+        """Keep the work so far for the rest of the test (the test's transaction stays open)."""
         from psycopg2.extensions import TRANSACTION_STATUS_IDLE, TRANSACTION_STATUS_INERROR
 
         status = self._conn.info.transaction_status
@@ -91,6 +119,7 @@ class RolledBackConnection:
             cur.execute(f"RELEASE SAVEPOINT {_SAVEPOINT}; SAVEPOINT {_SAVEPOINT}")
 
     def rollback(self) -> None:
+        """Undo the work since the last :meth:`commit` (or since the test began)."""
         from psycopg2.extensions import TRANSACTION_STATUS_IDLE
 
         with self._conn.cursor() as cur:
@@ -186,8 +215,7 @@ def _open(pool: ConnectionPool) -> connection:
     from psycopg2.extensions import TRANSACTION_STATUS_IDLE
     from psycopg2.extensions import connection as plain
 
-    dsn, kwargs = pool._connect_params()
-    kwargs = dict(kwargs)
+    dsn, kwargs = pool.connect_params()
     base = kwargs.pop("connection_factory", None) or plain
     factory = type(f"RolledBack[{base.__name__}]", (RolledBackConnection, base), {})
     conn = cast("connection", psycopg2.connect(dsn, connection_factory=factory, **kwargs))
@@ -204,3 +232,100 @@ def _open(pool: ConnectionPool) -> connection:
         plain.close(conn)
         raise
     return conn
+
+
+# -- your schema, once per test session -------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pgpool_schema() -> Schema:
+    """What creates your tables in the test database; override it in your ``conftest.py``.
+
+    Return SQL text, a :class:`~pathlib.Path` of an SQL file, a function that
+    takes a psycopg2 connection (your ``flask init-db`` code, say), or a list
+    of these, applied in order. The default creates nothing.
+    """
+    return None
+
+
+@pytest.fixture(scope="session")
+def pgpool_database(pgpool_dsn: str, pgpool_schema: Schema) -> Iterator[str]:
+    """The DSN of a new database with your schema (``pgpool_schema``), for the whole test session.
+
+    It is created on the ``pgpool_dsn`` server when the first test needs it
+    and dropped when the session ends, so every session starts from your
+    schema and nothing else.
+    """
+    with fresh_database(pgpool_dsn, pgpool_schema) as dsn:
+        yield dsn
+
+
+@contextlib.contextmanager
+def fresh_database(server_dsn: str, schema: Schema = None, *, prefix: str = "pgpool_test_") -> Iterator[str]:
+    """Create a database on the server of ``server_dsn``, apply ``schema`` to it, yield its DSN, drop it.
+
+    The role of ``server_dsn`` needs the ``CREATEDB`` privilege. The database
+    is dropped even when sessions are still connected to it.
+    """
+    import psycopg2
+    from psycopg2 import sql
+    from psycopg2.extensions import make_dsn
+
+    from ._dsn import mask_dsn
+
+    name = f"{prefix}{uuid.uuid4().hex[:12]}"
+    admin = psycopg2.connect(server_dsn)
+    try:
+        admin.autocommit = True
+        with admin.cursor() as cur:
+            try:
+                cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            except psycopg2.Error as exc:
+                raise RuntimeError(
+                    f"cannot create a test database on {mask_dsn(server_dsn)}: {str(exc).strip()}; "
+                    f"the role needs the CREATEDB privilege (ALTER ROLE ... CREATEDB), or unset {DSN_ENV} "
+                    "to test on a throwaway server"
+                ) from None
+        try:
+            dsn = make_dsn(server_dsn, dbname=name)
+            apply_schema(dsn, schema)
+            yield dsn
+        finally:
+            with admin.cursor() as cur:
+                # Pools the tests left open would keep the database in use.
+                cur.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = %s AND pid <> pg_backend_pid()",
+                    (name,),
+                )
+                cur.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+    finally:
+        admin.close()
+
+
+def apply_schema(dsn: str, schema: Schema) -> None:
+    """Run ``schema`` (see :data:`Schema`) on a new connection to ``dsn``, and commit."""
+    import psycopg2
+
+    if schema is None:
+        return
+    parts = list(schema) if isinstance(schema, Sequence) and not isinstance(schema, str) else [schema]
+    conn = psycopg2.connect(dsn)
+    try:
+        for part in parts:
+            if isinstance(part, Path):
+                with conn.cursor() as cur:
+                    cur.execute(part.read_text(encoding="utf-8"))
+            elif isinstance(part, str):
+                with conn.cursor() as cur:
+                    cur.execute(part)
+            elif callable(part):
+                part(conn)
+            else:
+                raise TypeError(
+                    "pgpool_schema must return SQL text, a pathlib.Path of an SQL file, a function taking a "
+                    f"connection, a list of these, or None; got {type(part).__name__}"
+                )
+            conn.commit()
+    finally:
+        conn.close()

@@ -214,6 +214,7 @@ def test_connect_timeout_still_bounds_a_connect_under_gevent(
 
 FORK_THEN_PATCH_SCRIPT = """
     import faulthandler, json, os, sys
+    import gevent  # as in a gunicorn master, which imports its gevent worker class before forking
     from flask_pgpool import ConnectionPool
 
     dsn, app_name = sys.argv[1:3]
@@ -231,7 +232,6 @@ FORK_THEN_PATCH_SCRIPT = """
         from gevent import monkey
 
         monkey.patch_all()
-        import gevent
 
         def work(i):
             c = pool.getconn()

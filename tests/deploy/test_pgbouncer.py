@@ -395,3 +395,18 @@ def test_with_hold_cursor_breaks_but_a_named_cursor_in_the_transaction_works(
 
     assert app.test_client().get("/sum").text == str(sum(range(1, 1001)))
 
+
+
+def test_a_reset_on_return_works_in_transaction_mode(make_app: Callable[..., Flask], bouncer: PgBouncer) -> None:
+    """PGPOOL_RESET runs in autocommit, so PgBouncer accepts it (on whichever
+    server connection serves that statement); requests go on."""
+    app = bouncer_app(make_app, bouncer, PGPOOL_RESET="DISCARD ALL", PGPOOL_MAXCONN=2)
+
+    @app.get("/n/<int:n>")
+    def n(n: int) -> str:
+        return str(one(get_db(), "SELECT %s", (n,)))
+
+    client = app.test_client()
+    assert [client.get(f"/n/{i}").text for i in range(5)] == [str(i) for i in range(5)]
+    stats = app.extensions["pgpool"].get_stats(app=app)
+    assert stats["returns_bad"] == 0 and stats["connections_num"] <= 2

@@ -48,9 +48,12 @@ WRONG: dict[str, tuple[str, list[Any]]] = {
     "PGPOOL_PING_AFTER": ("seconds >= 0", [-1, "often", True, float("nan")]),
     "PGPOOL_LEAK_TIMEOUT": ("seconds > 0, or None", [0, -1, "later", False]),
     "PGPOOL_CONNECT_TIMEOUT": ("whole number >= 0", [-1, 2.5, "2s", True, None]),
+    "PGPOOL_NETWORK_TIMEOUT": ("or 0 or None to turn it off", [-1, "30s", True, float("inf"), 3e6]),
+    "PGPOOL_STATEMENT_TIMEOUT": ("or 0 or None to turn it off", [-0.5, "5 s", False, float("nan"), 1e7]),
     "PGPOOL_CONNECT_ARGS": ("dict of psycopg2.connect() keyword arguments", ["sslmode=require", ["a"], {1: "x"}]),
     "PGPOOL_READ_ONLY": ("True or False", ["sometimes", 2, None]),
     "PGPOOL_CONFIGURE": ("function taking the new connection", ["myapp.db.configure", 42, True]),
+    "PGPOOL_RESET": ("SQL to run on each returned connection", ["", "   ", 42, True, ["DISCARD ALL"]]),
     "PGPOOL_RETRY_AFTER": ("whole number >= 0", [-1, "later", 1.5, True, None]),
     "PGPOOL_EMBEDDED": ("True or False", ["perhaps", 3, None]),
     "PGPOOL_BINDS": (

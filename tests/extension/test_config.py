@@ -64,6 +64,10 @@ FROM_STRINGS = [
     ("PGPOOL_PING_AFTER", "10", "ping_after", 10.0),
     ("PGPOOL_LEAK_TIMEOUT", "30", "leak_timeout", 30.0),
     ("PGPOOL_CONNECT_TIMEOUT", "3", "connect_timeout", 3),
+    ("PGPOOL_NETWORK_TIMEOUT", "12.5", "network_timeout", 12.5),
+    ("PGPOOL_NETWORK_TIMEOUT", "0", "network_timeout", None),
+    ("PGPOOL_STATEMENT_TIMEOUT", "0.5", "statement_timeout", 0.5),
+    ("PGPOOL_STATEMENT_TIMEOUT", "0", "statement_timeout", None),
     ("PGPOOL_READ_ONLY", "yes", "read_only", True),
     ("PGPOOL_READ_ONLY", "False", "read_only", False),
     ("PGPOOL_RETRY_AFTER", "0", "retry_after", 0),
@@ -85,6 +89,11 @@ def test_strings_from_the_environment_are_accepted(key: str, value: str, name: s
         ("PGPOOL_TIMEOUT", 3, "timeout", 3.0),
         ("PGPOOL_PING_AFTER", None, "ping_after", None),
         ("PGPOOL_LEAK_TIMEOUT", None, "leak_timeout", None),
+        ("PGPOOL_NETWORK_TIMEOUT", None, "network_timeout", None),
+        ("PGPOOL_NETWORK_TIMEOUT", 0, "network_timeout", None),
+        ("PGPOOL_NETWORK_TIMEOUT", 5, "network_timeout", 5.0),
+        ("PGPOOL_STATEMENT_TIMEOUT", None, "statement_timeout", None),
+        ("PGPOOL_STATEMENT_TIMEOUT", 0.25, "statement_timeout", 0.25),
         ("PGPOOL_CONNECT_ARGS", {"application_name": "shop"}, "connect_args", {"application_name": "shop"}),
         ("PGPOOL_CONNECT_ARGS", None, "connect_args", {}),
         ("PGPOOL_CONFIGURE", print, "configure", print),
@@ -99,6 +108,7 @@ def test_defaults() -> None:
     assert (s.minconn, s.maxconn, s.timeout, s.max_waiting) == (1, 10, 10.0, 0)
     assert (s.max_idle, s.max_lifetime, s.health_check, s.ping_after) == (600.0, 3600.0, True, 30.0)
     assert (s.leak_timeout, s.connect_timeout, dict(s.connect_args)) == (None, 5, {})
+    assert (s.network_timeout, s.statement_timeout) == (30.0, None)
     assert (s.read_only, s.configure, s.retry_after, s.embedded) == (False, None, 1, False)
 
 
@@ -115,12 +125,15 @@ def test_settings_reach_the_pool(setup: Callable[..., tuple[PgPool, Flask]]) -> 
         PGPOOL_PING_AFTER=5,
         PGPOOL_LEAK_TIMEOUT=20,
         PGPOOL_READ_ONLY=True,
+        PGPOOL_NETWORK_TIMEOUT=7,
+        PGPOOL_STATEMENT_TIMEOUT="2.5",
     )
     pool = ext.get_pool(app=app)
     assert isinstance(pool, ConnectionPool)
     assert (pool.minconn, pool.maxconn, pool.timeout, pool.max_waiting) == (2, 4, 1.5, 8)
     assert (pool.max_idle, pool.max_lifetime, pool.health_check) == (90.0, 900.0, False)
     assert (pool.ping_after, pool.leak_timeout, pool.read_only) == (5.0, 20.0, True)
+    assert (pool.network_timeout, pool.statement_timeout) == (7.0, 2.5)
     assert pool.connection_string() == DSN
 
 
@@ -157,10 +170,15 @@ REFUSED = [
     ("PGPOOL_LEAK_TIMEOUT", 0, "or None to turn it off"),
     ("PGPOOL_CONNECT_TIMEOUT", -1, "whole number >= 0"),
     ("PGPOOL_CONNECT_TIMEOUT", 2.5, "whole number >= 0"),
+    ("PGPOOL_NETWORK_TIMEOUT", -1, "number of seconds > 0 (at most 2147483), or 0 or None to turn it off"),
+    ("PGPOOL_NETWORK_TIMEOUT", "30s", "or 0 or None to turn it off"),
+    ("PGPOOL_STATEMENT_TIMEOUT", 10**7, "at most 2147483"),
+    ("PGPOOL_STATEMENT_TIMEOUT", False, "or 0 or None to turn it off"),
     ("PGPOOL_CONNECT_ARGS", "application_name=x", "dict of psycopg2.connect() keyword arguments"),
     ("PGPOOL_CONNECT_ARGS", {1: "x"}, "dict of psycopg2.connect() keyword arguments"),
     ("PGPOOL_READ_ONLY", "sometimes", "True or False"),
     ("PGPOOL_CONFIGURE", "myapp.db.configure", "function taking the new connection"),
+    ("PGPOOL_RESET", 42, "SQL to run on each returned connection"),
     ("PGPOOL_RETRY_AFTER", -1, "whole number >= 0"),
     ("PGPOOL_RETRY_AFTER", 1.5, "whole number >= 0"),
     ("PGPOOL_EMBEDDED", "perhaps", "True or False"),

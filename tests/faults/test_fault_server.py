@@ -8,8 +8,10 @@ restart, and no slot is left in use afterwards.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from typing import Any
 
 import pytest
 from support.faults import (
@@ -135,3 +137,38 @@ def test_503_is_quick_when_the_server_refuses(pg: PgCluster, app_name: str) -> N
     # Backoff: a handful of attempts in one second, not thousands.
     assert 1 <= stats["connections_errors"] <= 10
     assert stats["requests_errors"] == 1
+
+
+@pytest.mark.parametrize("source", ["PGPOOL_DSN", "DATABASE_URL"])
+def test_a_server_known_to_be_down_fails_fast_then_recovers(
+    pg: PgCluster, app_name: str, source: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nothing listens: requests get their 503 in about a second, not after
+    PGPOOL_TIMEOUT, the log names where the DSN came from, and requests
+    succeed again within seconds of the server coming back."""
+    caplog.set_level(logging.WARNING, logger="flask_pgpool")
+    pg.stop()
+    config: dict[str, Any] = {"PGPOOL_TIMEOUT": 10}
+    if source == "DATABASE_URL":
+        monkeypatch.setenv("DATABASE_URL", pg.dsn)
+        config["PGPOOL_DSN"] = None
+    app = fault_app(pg.dsn, app_name, **config)
+    for _ in range(3):
+        outcome = request_within(app, "/one", LIMIT)
+        assert_clean_503(outcome)
+        assert outcome.seconds < 1 + 2.0, f"waited {outcome.seconds:.1f} s for a server known to be down"
+    logged = [r.getMessage() for r in caplog.records if "answering 503" in r.getMessage()]
+    assert logged and all("could not connect" in line for line in logged)
+    expected = "PGPOOL_DSN" if source == "PGPOOL_DSN" else "DATABASE_URL"
+    assert all(expected in line for line in logged), logged
+
+    started = time.monotonic()
+    status = app.test_cli_runner().invoke(args=["pgpool-status"])
+    assert status.exit_code == 1
+    assert time.monotonic() - started < 1 + 2.0
+
+    pg.start()
+    up_at = time.monotonic()
+    assert recovers(app)
+    assert time.monotonic() - up_at < 8.0, "requests did not succeed again within seconds of the server's return"
+    assert_no_leak(pool_of(app))

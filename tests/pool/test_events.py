@@ -128,7 +128,7 @@ def test_a_leak_is_logged_at_warning_with_where_it_was_checked_out(
     assert wait_until(lambda: bool(logs(logging.WARNING, "checked out for")), timeout=10)
     [record] = logs(logging.WARNING, "checked out for")
     assert "checkout_and_forget" in record.getMessage()
-    assert "PGPOOL_LEAK_TIMEOUT" in record.getMessage()
+    assert "(leak_timeout)" in record.getMessage()
     pool.putconn(conn)
 
 

@@ -176,3 +176,60 @@ def test_gunicorn_preload_workers_use_their_own_connections(
             server.kill()
             _, stderr = server.communicate(timeout=10)
     assert server.returncode == 0, stderr.decode(errors="replace")[-2000:]
+
+
+# The child lets go of the sockets it inherited, without sending anything on them.
+FD_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    from flask_pgpool import ConnectionPool
+
+    dsn, app_name = sys.argv[1:3]
+    pool = ConnectionPool(0, 2, dsn, connect_args={"application_name": app_name})
+    held, idle = pool.getconn(), pool.getconn()
+    fds = [held.fileno(), idle.fileno()]
+
+    def backend(conn):
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            return cur.fetchone()[0]
+
+    before = [backend(held), backend(idle)]
+    held.rollback()
+    pool.putconn(idle)
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.close(read_end)
+        seen = [os.readlink(f"/proc/self/fd/{fd}") for fd in fds]
+        os.write(write_end, json.dumps(seen).encode())
+        os.close(write_end)
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        seen = json.loads(pipe.read())
+    os.waitpid(child, 0)
+    again = pool.getconn()
+    print(json.dumps({
+        "child_fds": seen,
+        "parent_sockets": [os.readlink(f"/proc/self/fd/{fd}") for fd in fds],
+        "before": before,
+        "after": [backend(held), backend(again)],
+        "same": again is idle,
+    }))
+    """
+)
+
+
+def test_child_releases_the_inherited_sockets(tmp_path: Path, pg_dsn: str, app_name: str) -> None:
+    script = tmp_path / "fd_script.py"
+    script.write_text(FD_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script), pg_dsn, app_name], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert all(target == "/dev/null" for target in report["child_fds"]), report
+    assert all(target.startswith("socket:") for target in report["parent_sockets"]), report
+    # Nothing was sent on them: the parent's sessions go on.
+    assert report["same"] and report["after"] == report["before"]

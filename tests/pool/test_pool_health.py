@@ -120,7 +120,7 @@ def test_after_a_dead_connection_older_idle_ones_are_pinged(
         pinged.append(backend_pid(conn))
         return real_ping(conn, timeout)
 
-    monkeypatch.setattr("flask_pgpool._pool.ping", spy)
+    monkeypatch.setattr("flask_pgpool._checkout.ping", spy)
     terminate(admin, backend_pid(newer))
     got = pool.getconn()
     assert got is older
@@ -140,16 +140,21 @@ def test_connection_killed_while_in_use_frees_its_slot(make_pool: PoolFactory, a
     with pytest.raises(psycopg2.OperationalError):
         query_one(conn, "SELECT 1")
     pool.putconn(conn)
-    # Killed without the user noticing: seen on return.
+    assert pool.get_stats()["returns_bad"] == 1
+    assert pool.get_stats()["pool_size"] == 0
+    # Killed without the user noticing: returned with nothing to roll back, it
+    # is found dead by the next checkout's socket check (one system call per
+    # checkout, none on return), and never handed out.
     conn = pool.getconn()
     terminate(admin, backend_pid(conn))
     pool.putconn(conn)
-    stats = pool.get_stats()
-    assert stats["returns_bad"] == 2
-    assert stats["pool_size"] == 0
-    fresh = pool.getconn()  # the single slot is free again
+    fresh = pool.getconn()  # the single slot serves a new connection
+    assert fresh is not conn and conn.closed
     assert query_one(fresh, "SELECT 1") == 1
     pool.putconn(fresh)
+    stats = pool.get_stats()
+    assert stats["connections_lost"] == 1 and stats["returns_bad"] == 1
+    assert stats["pool_size"] == 1
 
 
 def test_max_lifetime_is_enforced_at_return(make_pool: PoolFactory) -> None:
@@ -165,7 +170,7 @@ def test_max_lifetime_is_enforced_at_return(make_pool: PoolFactory) -> None:
 def test_max_lifetime_is_enforced_at_checkout(make_pool: PoolFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     pool = make_pool(0, 2, max_lifetime=0.5)
     # Keep the housekeeper from closing it first: the checkout alone must refuse it.
-    monkeypatch.setattr(pool, "_housekeeping_interval", lambda: 60.0)
+    monkeypatch.setattr("flask_pgpool._housekeeper._interval", lambda pool: 60.0)
     conn = pool.getconn()
     pool.putconn(conn)
     time.sleep(0.7)
@@ -180,8 +185,8 @@ def test_lifetimes_have_jitter(make_pool: PoolFactory) -> None:
     pool = make_pool(8, 8, max_lifetime=100)
     pool.putconn(pool.getconn())
     wait_until(lambda: pool.get_stats()["pool_available"] == 8, timeout=10, what="8 connections")
-    slots: list[Any] = list(pool._slots.values())
-    lifetimes = [slot.expires - slot.last_used for slot in slots]
+    records: list[Any] = list(pool._state.records.values())
+    lifetimes = [record.expires - record.opened_at for record in records]
     assert all(89.9 <= t <= 100.01 for t in lifetimes), lifetimes
     assert max(lifetimes) - min(lifetimes) > 0.5, "connections opened together expire together"
 

@@ -208,7 +208,7 @@ def test_interrupted_checkout_gives_up_its_place(make_pool: PoolFactory, monkeyp
     def interrupt(*args: Any) -> float:
         raise Interrupted
 
-    monkeypatch.setattr(pool, "_wait_time", interrupt)
+    monkeypatch.setattr("flask_pgpool._checkout.wait_time", interrupt)
     with pytest.raises(Interrupted):
         pool.getconn()
     monkeypatch.undo()

@@ -55,13 +55,11 @@ class PoolMachine(RuleBasedStateMachine):
     @rule(data=st.data(), close=st.booleans())
     def checkin(self, data: st.DataObject, close: bool) -> None:
         conn = self.held.pop(data.draw(st.integers(0, len(self.held) - 1)))
-        was_killed = id(conn) in self.killed
         self.killed.discard(id(conn))
-        bad_before = self.pool.get_stats()["returns_bad"]
+        # A killed connection is discarded at return when the return finds it
+        # broken, otherwise by the next checkout's socket check: `checkout`
+        # asserts that no dead connection is ever handed out.
         self.pool.putconn(conn, close=close)
-        if was_killed and not close:
-            assert self.pool.get_stats()["returns_bad"] == bad_before + 1
-            assert conn.closed
 
     @precondition(lambda self: self.held)
     @rule(data=st.data())
@@ -119,10 +117,11 @@ class PoolMachine(RuleBasedStateMachine):
 
     @invariant()
     def counts_add_up(self) -> None:
-        with self.pool._lock:
-            stats = self.pool._snapshot()
-            opening = self.pool._opening
-            in_use = len(self.pool._used)
+        state = self.pool._state
+        with state.lock:
+            stats = self.pool._snapshot(state)
+            opening = state.opening
+            in_use = sum(record.in_use for record in state.records.values())
         assert in_use == len(self.held)
         assert stats["pool_size"] == stats["pool_available"] + in_use + opening
         # Above maxconn only while connections checked out before a shrink are still out.

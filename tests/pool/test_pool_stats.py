@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
+import traceback
+from typing import Any
 
 import pytest
 from psycopg2.extensions import connection
-from support.poolkit import PoolFactory, backend_pid, query_one, run_in_thread, terminate, wait_until
+from support.netproxy import TcpProxy
+from support.poolkit import PoolFactory, backend_pid, query_one, run_in_thread, terminate, via_proxy, wait_until
 
 from flask_pgpool import STATS_KEYS, PoolTimeout, TooManyRequests
 
@@ -29,7 +33,7 @@ def test_leak_timeout_warns_with_the_checkout_stack(make_pool: PoolFactory, capl
 
     wait_until(warned, timeout=10, what="the leak warning")
     message = next(r.getMessage() for r in caplog.records if "leak_timeout" in r.getMessage())
-    assert "PGPOOL_LEAK_TIMEOUT" in message
+    assert "(leak_timeout)" in message
     assert "checkout_for_a_while" in message and "test_pool_stats.py" in message
     pool.putconn(conn)
     # One warning per checkout, not one per housekeeping round.
@@ -137,3 +141,44 @@ def test_check_replaces_dead_idle_connections(make_pool: PoolFactory, admin: con
     assert all(query_one(conn, "SELECT 1") == 1 for conn in fresh)
     for conn in fresh:
         pool.putconn(conn)
+
+
+def test_check_during_a_shrinking_resize_keeps_within_maxconn(
+    make_pool: PoolFactory, proxy: TcpProxy, pg_dsn: str
+) -> None:
+    pool = make_pool(0, 4, dsn=via_proxy(pg_dsn, proxy), timeout=10)
+    held = [pool.getconn() for _ in range(4)]
+    for conn in held:
+        pool.putconn(conn)
+    proxy.slow(0.2)  # each ping of check() takes a while
+    checking = run_in_thread(pool.check, name="check")
+    wait_until(lambda: pool.get_stats()["pool_available"] == 0, timeout=5, what="check() to take the idle ones")
+    pool.resize(0, 1)
+    checking(30)
+    proxy.pass_through()
+    stats = pool.get_stats()
+    assert stats["pool_size"] <= 1 and stats["pool_available"] <= 1, stats
+    assert sum(not conn.closed for conn in held) <= 1
+
+
+def test_leak_detection_captures_the_stack_outside_the_lock(
+    make_pool: PoolFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With leak_timeout set, a slow stack capture does not hold up other threads."""
+    pool = make_pool(0, 2, leak_timeout=60)
+    pool.putconn(pool.getconn())
+    real_extract = traceback.extract_stack
+    capturing = threading.Event()
+
+    def slow_extract(*args: Any, **kwargs: Any) -> traceback.StackSummary:
+        capturing.set()
+        time.sleep(0.5)
+        return real_extract(*args, **kwargs)
+
+    monkeypatch.setattr(traceback, "extract_stack", slow_extract)
+    checkout = run_in_thread(pool.getconn, name="checkout")
+    assert capturing.wait(5)
+    started = time.monotonic()
+    pool.get_stats()  # needs the pool's lock
+    assert time.monotonic() - started < 0.3, "the pool's lock was held while the stack was captured"
+    pool.putconn(checkout(5))

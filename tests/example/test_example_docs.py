@@ -1,4 +1,4 @@
-"""The code samples of the README's example, testing, production and troubleshooting sections work."""
+"""The code samples of the docs pages on the example app, testing, production and troubleshooting work."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 import urllib.request
 import uuid
@@ -24,49 +23,27 @@ from flask import Flask
 from flask.testing import FlaskClient
 from psycopg2.extensions import connection, make_dsn
 from support.http import body
+from support.rst import DOCS, ROOT, code_blocks
 
 from example_app import create_app, pgpool
 from flask_pgpool import get_db
 
-ROOT = Path(__file__).resolve().parents[2]
-SECTIONS = ("The example app", "Testing your app", "Running in production", "Troubleshooting")
+PAGES = ("example.rst", "testing.rst", "production.rst", "troubleshooting.rst")
 
 
-def readme_sections() -> dict[str, str]:
-    """The README's top-level sections, by title."""
-    text = (ROOT / "README.rst").read_text(encoding="utf-8")
-    parts = re.split(r"^(.+)\n=+\n", text, flags=re.MULTILINE)
-    return {title.strip(): body for title, body in zip(parts[1::2], parts[2::2], strict=True)}
+def page(name: str) -> str:
+    return (DOCS / name).read_text(encoding="utf-8")
 
 
-def code_blocks(section: str, language: str) -> list[str]:
-    """The ``.. code-block:: language`` bodies of a section, dedented."""
-    blocks = []
-    lines = readme_sections()[section].splitlines()
-    for i, line in enumerate(lines):
-        match = re.match(r"^(\s*)\.\. code-block:: (\w+)\s*$", line)
-        if not match or match.group(2) != language:
-            continue
-        indent = len(match.group(1))
-        body = []
-        for following in lines[i + 1 :]:
-            if following.strip() and len(following) - len(following.lstrip()) <= indent:
-                break
-            body.append(following)
-        blocks.append(textwrap.dedent("\n".join(body)).strip() + "\n")
-    return blocks
-
-
-def block_named(section: str, first_line: str) -> str:
-    [block] = [b for b in code_blocks(section, "python") if b.startswith(first_line)]
+def block_named(name: str, first_line: str) -> str:
+    [block] = [b for b in code_blocks(page(name), "python") if b.startswith(first_line)]
     return block
 
 
-@pytest.mark.parametrize("section", SECTIONS)
-def test_sections_exist_and_python_samples_compile(section: str) -> None:
-    assert section in readme_sections()
-    for block in code_blocks(section, "python"):
-        compile(block, f"README.rst ({section})", "exec")
+@pytest.mark.parametrize("name", PAGES)
+def test_pages_exist_and_python_samples_compile(name: str) -> None:
+    for block in code_blocks(page(name), "python"):
+        compile(block, f"docs/{name}", "exec")
 
 
 @pytest.fixture
@@ -80,7 +57,7 @@ def app(pgpool_dsn: str) -> Iterator[Flask]:
 def test_curl_samples_of_the_example_app(client: FlaskClient) -> None:
     commands = [
         shlex.split(line.removeprefix("$ "))
-        for line in code_blocks("The example app", "console")[-1].splitlines()
+        for line in code_blocks(page("example.rst"), "console")[-1].splitlines()
         if line.startswith("$ curl")
     ]
     statuses = []
@@ -99,7 +76,7 @@ def test_curl_samples_of_the_example_app(client: FlaskClient) -> None:
             elif arg.startswith("http://127.0.0.1:5000/"):
                 url = arg.removeprefix("http://127.0.0.1:5000")
             else:
-                assert arg == "-s", f"the README uses a curl option this test does not know: {arg}"
+                assert arg == "-s", f"docs/example.rst uses a curl option this test does not know: {arg}"
         if note_id is not None:
             url = url.replace("/api/notes/1", f"/api/notes/{note_id}")
         response = client.open(url, method=method, headers=headers, data=data)
@@ -111,7 +88,7 @@ def test_curl_samples_of_the_example_app(client: FlaskClient) -> None:
 
 def test_testing_samples_pass(tmp_path: Path, pg_dsn: str) -> None:
     for name in ("conftest.py", "test_notes.py"):
-        (tmp_path / name).write_text(block_named("Testing your app", f"# {name}"))
+        (tmp_path / name).write_text(block_named("testing.rst", f"# {name}"))
     env = {**os.environ, "PGPOOL_TEST_DSN": pg_dsn, "PYTHONPATH": str(ROOT)}
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
@@ -127,7 +104,7 @@ def test_testing_samples_pass(tmp_path: Path, pg_dsn: str) -> None:
 
 def test_troubleshooting_503_handler_is_used(make_app: Callable[..., Flask]) -> None:
     app = make_app(PGPOOL_MAXCONN=1, PGPOOL_TIMEOUT=0.2)
-    exec(block_named("Troubleshooting", "@app.errorhandler(503)"), {"app": app})
+    exec(block_named("troubleshooting.rst", "@app.errorhandler(503)"), {"app": app})
 
     @app.get("/work")
     def work() -> str:
@@ -148,7 +125,7 @@ def test_troubleshooting_503_handler_is_used(make_app: Callable[..., Flask]) -> 
 def settings_samples() -> list[str]:
     return [
         block
-        for block in code_blocks("Troubleshooting", "python")
+        for block in code_blocks(page("troubleshooting.rst"), "python")
         if all(line.startswith("PGPOOL_") for line in block.splitlines())
     ]
 
@@ -166,7 +143,7 @@ def test_troubleshooting_settings_are_valid(make_app: Callable[..., Flask]) -> N
 
 
 def test_troubleshooting_query_runs(admin: connection) -> None:
-    [query] = re.findall(r"``(SELECT application_name[^`]*)``", readme_sections()["Troubleshooting"])
+    [query] = re.findall(r"``(SELECT application_name[^`]*)``", page("troubleshooting.rst"))
     with admin.cursor() as cur:
         cur.execute(" ".join(query.split()))
         assert cur.fetchall()
@@ -175,7 +152,7 @@ def test_troubleshooting_query_runs(admin: connection) -> None:
 @pytest.fixture
 def database(admin: connection, pg_dsn: str) -> Iterator[str]:
     """A DSN of a new, empty database, dropped after the test."""
-    name = f"readme_{uuid.uuid4().hex[:12]}"
+    name = f"docs_{uuid.uuid4().hex[:12]}"
     with admin.cursor() as cur:
         cur.execute(f"CREATE DATABASE {name}")
     yield make_dsn(pg_dsn, dbname=name)
@@ -192,10 +169,10 @@ def free_port() -> int:
 @pytest.mark.slow
 def test_gunicorn_sample_serves_the_example_app(tmp_path: Path, database: str) -> None:
     config = tmp_path / "gunicorn.conf.py"
-    config.write_text(block_named("Running in production", "# gunicorn.conf.py"))
+    config.write_text(block_named("production.rst", "# gunicorn.conf.py"))
     [command] = [
         line.removeprefix("$ ")
-        for line in code_blocks("Running in production", "console")[0].splitlines()
+        for line in code_blocks(page("production.rst"), "console")[0].splitlines()
         if line.startswith("$ gunicorn")
     ]
     argv = shlex.split(command)

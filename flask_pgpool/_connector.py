@@ -1,0 +1,160 @@
+"""Opening connections: the connection parameters, the set-up of a new
+connection, and the backoff while the server cannot be reached.
+
+Nothing here takes the pool's lock: :class:`Connector` runs in the background
+threads that open connections, and :class:`Backoff` is only touched by the
+pool under its lock.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any, cast
+
+from psycopg2.extensions import TRANSACTION_STATUS_IDLE, connection
+
+from . import _dsn as dsnlib
+from . import _timeouts
+from ._session import close_quietly
+
+__all__ = ["Backoff", "Connector"]
+
+# Reconnection backoff while the server is unreachable: doubling from the
+# first delay up to the last, with jitter so that workers do not knock in step.
+BACKOFF_FIRST = 0.1
+# Kept short, so that once the server is back a waiting checkout sees a new
+# attempt within about a second (checkouts fail fast while it is down).
+BACKOFF_MAX = 1.0
+
+
+class Connector:
+    """Knows how to open and set up one connection of a pool."""
+
+    def __init__(
+        self,
+        dsn: str | Callable[[], str],
+        *,
+        connect_args: Mapping[str, Any] | None,
+        connect_timeout: int,
+        read_only: bool,
+        configure: Callable[[connection], None] | None,
+        network_timeout: float | None = None,
+        statement_timeout: float | None = None,
+        label: Callable[[str], str] = str,
+    ) -> None:
+        self.connect_args = dict(connect_args or {})
+        self.connect_timeout = connect_timeout
+        self.network_timeout = network_timeout
+        self.statement_timeout = statement_timeout
+        self._label = label
+        self.read_only = read_only
+        self.configure = configure
+        self._source = dsn
+        self._dsn: str | None = dsn if isinstance(dsn, str) else None
+        self._kwargs: dict[str, Any] | None = None
+        self._lock = threading.Lock()
+        self.secrets: list[str] = []
+        if self._dsn is not None:
+            self.secrets = dsnlib.secrets_of(self._dsn, self.connect_args)
+
+    def after_fork(self) -> None:
+        # Another thread of the parent may have held it at the fork.
+        self._lock = threading.Lock()
+
+    @property
+    def resolved_dsn(self) -> str | None:
+        """The DSN if it is known yet (a callable one is resolved on first connect)."""
+        return self._dsn
+
+    def params(self) -> tuple[str, dict[str, Any]]:
+        """The DSN (resolved on first use) and the keyword arguments of psycopg2.connect()."""
+        if self._dsn is None or self._kwargs is None:
+            with self._lock:
+                if self._dsn is None:
+                    resolved = cast(Callable[[], str], self._source)()
+                    self.secrets = dsnlib.secrets_of(resolved, self.connect_args)
+                    self._dsn = resolved
+                kwargs = dict(self.connect_args)
+                # A server that does not answer must fail the connect, not hang it.
+                if (
+                    self.connect_timeout
+                    and "connect_timeout" not in kwargs
+                    and "connect_timeout" not in dsnlib.parse(self._dsn)
+                ):
+                    kwargs["connect_timeout"] = self.connect_timeout
+                kwargs.update(
+                    _timeouts.connect_params(
+                        self._dsn,
+                        kwargs,
+                        network_timeout=self.network_timeout,
+                        statement_timeout=self.statement_timeout,
+                    )
+                )
+                self._kwargs = kwargs
+        return self._dsn, self._kwargs
+
+    def connect(self) -> connection:
+        """Open and set up one connection (blocking: never under the pool's lock)."""
+        dsn, kwargs = self.params()
+        conn = _timeouts.connect(dsn, kwargs, self.statement_timeout, self._label("statement_timeout"))
+        try:
+            if self.read_only:
+                conn.set_session(readonly=True)
+            if self.configure is not None:
+                self.configure(conn)
+                if conn.info.transaction_status != TRANSACTION_STATUS_IDLE:
+                    conn.rollback()
+        except BaseException:
+            close_quietly(conn, self.close_timeout)
+            raise
+        return conn
+
+    @property
+    def close_timeout(self) -> float:
+        return float(min(b for b in (self.connect_timeout or 5, self.network_timeout) if b))
+
+    def redact(self, text: str) -> str:
+        return dsnlib.redact(text, self.secrets)
+
+
+class Backoff:
+    """Spacing of connection attempts while they fail (under the pool's lock).
+
+    After a failure the next attempt waits ``delay`` (doubling up to
+    :data:`BACKOFF_MAX`, jittered); one success resets it.
+    """
+
+    __slots__ = ("delay", "failures", "last_error", "next_at")
+
+    def __init__(self) -> None:
+        self.failures = 0  # attempts failed so far, ever
+        self.delay = 0.0
+        self.next_at = 0.0
+        self.last_error: str | None = None
+
+    @property
+    def active(self) -> bool:
+        """The last attempt failed."""
+        return self.delay > 0.0
+
+    def due(self, now: float) -> bool:
+        return now >= self.next_at
+
+    def failed(self, now: float, error: str) -> bool:
+        """Record a failed attempt; return whether it is the first of a series."""
+        first = not self.active
+        self.failures += 1
+        self.delay = min(BACKOFF_MAX, self.delay * 2 or BACKOFF_FIRST)
+        self.next_at = now + self.delay * random.uniform(0.5, 1.0)
+        self.last_error = error
+        return first
+
+    def succeeded(self) -> str | None:
+        """Record a successful attempt; return the error it recovered from, if any."""
+        recovered = self.last_error if self.active else None
+        self.delay = 0.0
+        self.next_at = 0.0
+        self.last_error = None
+        return recovered

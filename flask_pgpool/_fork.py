@@ -1,0 +1,82 @@
+"""Fork safety: a child process starts with empty pools of its own.
+
+``os.register_at_fork`` resets every pool in the child; a pid check in the
+pool catches a fork that bypassed Python's hooks (a C extension or an
+embedding server calling ``fork()`` directly). In a child that gevent is about
+to patch (a gunicorn gevent worker), the pool's state is made again on first
+use, after the patch.
+
+The child never uses its parent's connections, and never closes them the
+usual way either: ``close()`` would send a Terminate message and end the
+parent's sessions. Instead the child points the inherited descriptors at
+/dev/null: the sockets are released (only the parent holds them now), and a
+stray use of an inherited connection writes nowhere instead of onto a socket
+the child has since opened under the same descriptor number.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import weakref
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from psycopg2.extensions import connection
+
+from . import _green
+
+if TYPE_CHECKING:
+    from ._pool import ConnectionPool
+    from ._state import ProcessState
+
+__all__ = ["release_sockets", "reset_if_forked", "track"]
+
+_pools: weakref.WeakSet[ConnectionPool] = weakref.WeakSet()
+_lock = threading.Lock()
+
+
+def track(pool: ConnectionPool) -> None:
+    _pools.add(pool)
+
+
+def reset_if_forked(pool: ConnectionPool) -> ProcessState:
+    """The pool's state for this process (new if the process forked unseen)."""
+    with _lock:
+        if pool._state.pid != os.getpid():
+            pool._after_fork()
+    return pool._state
+
+
+def release_sockets(conns: Iterable[connection]) -> None:
+    """Let go of inherited connections' sockets without sending anything on them."""
+    devnull = None
+    try:
+        for conn in conns:
+            with contextlib.suppress(Exception):
+                if conn.closed:
+                    continue
+                if devnull is None:
+                    devnull = os.open(os.devnull, os.O_RDWR)
+                os.dup2(devnull, conn.fileno())
+    finally:
+        if devnull is not None:
+            os.close(devnull)
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()  # maybe held by a parent thread at the fork
+    # A gunicorn gevent worker patches threading after the fork: a state made
+    # now would hold the standard library's locks and thread-locals, which
+    # block or are shared by every greenlet. It is made again on first use.
+    provisional = _green.patch_pending()
+    for pool in list(_pools):
+        with contextlib.suppress(Exception):
+            pool._after_fork()
+            if provisional:
+                pool._state.pid = 0
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,75 @@
+"""What a pool holds in one process. A forked child replaces it whole.
+
+Every field is guarded by ``lock``. A child process gets a new state after
+``fork()`` (see :mod:`flask_pgpool._fork`): the parent's connections are never
+used in the child, its lock may have been held by a thread that does not
+exist there, and its waiters and counters are the parent's.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Hashable
+
+from . import _green
+from ._connector import Backoff
+from ._record import ConnectionRecord
+from ._stats import Counters
+from ._waiting import WaitQueue
+
+__all__ = ["ProcessState"]
+
+
+class ProcessState:
+    __slots__ = (
+        "backoff",
+        "claims",
+        "counters",
+        "generation",
+        "housekeeper_started",
+        "idle",
+        "keys",
+        "lock",
+        "opening",
+        "pid",
+        "records",
+        "round_trip",
+        "suspect_before",
+        "waiters",
+    )
+
+    def __init__(self) -> None:
+        # Before any lock is made: in a process gevent patched, psycopg2 must
+        # wait through gevent, and a half-patched process is refused.
+        _green.ensure_cooperative()
+        self.pid = os.getpid()
+        self.lock = threading.Lock()
+        # Every open connection of the pool, idle or not, by id(connection):
+        # its size is len(records) + opening.
+        self.records: dict[int, ConnectionRecord] = {}
+        # Idle connections, most recently used last (checkouts take from the
+        # end, so the surplus left unused at the front ages out).
+        self.idle: list[ConnectionRecord] = []
+        # Slots reserved for connections being opened in the background.
+        self.opening = 0
+        self.waiters = WaitQueue()
+        # Keyed checkouts (psycopg2's getconn(key)): the record out under each
+        # key, and the keys whose first checkout is still under way.
+        self.keys: dict[Hashable, ConnectionRecord] = {}
+        self.claims: dict[Hashable, threading.Event] = {}
+        self.counters = Counters()
+        self.backoff = Backoff()
+        # Idle connections last used before this moment may have died unseen
+        # (an older one was found dead): they are pinged before use.
+        self.suspect_before = float("-inf")
+        # Bumped by drain(): connections of an older generation are retired.
+        self.generation = 0
+        # Recent ping round trip (seconds, smoothed): sizes the ping budget.
+        self.round_trip = 0.0
+        self.housekeeper_started = False
+
+    @property
+    def size(self) -> int:
+        """Open connections plus those being opened."""
+        return len(self.records) + self.opening

@@ -1,0 +1,158 @@
+"""What a returned connection looks like to the next checkout: no open
+transaction, and, when asked for, no session state either."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import psycopg2
+import pytest
+from flask import Flask
+from psycopg2.extensions import TRANSACTION_STATUS_IDLE, connection
+from support.poolkit import PoolFactory, backend_pid, query_one
+
+from flask_pgpool import get_db
+
+
+def _locks_held(admin: connection, pid: int) -> int:
+    return int(query_one(admin, "SELECT count(*) FROM pg_locks WHERE pid = %s AND locktype = 'advisory'", (pid,)))
+
+
+@pytest.mark.no_pgbouncer  # looks at the server session of the connection
+def test_begin_sent_in_autocommit_is_ended_on_return(make_pool: PoolFactory, admin: connection) -> None:
+    """psycopg2's rollback() sends nothing in autocommit; the server's status decides."""
+    pool = make_pool(0, 1)
+    conn = pool.getconn()
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("BEGIN")
+        cur.execute("SELECT pg_advisory_xact_lock(4242)")
+    pid = backend_pid(conn)
+    assert _locks_held(admin, pid) == 1
+    pool.putconn(conn)
+    assert conn.info.transaction_status == TRANSACTION_STATUS_IDLE
+    assert _locks_held(admin, pid) == 0, "the returned connection still holds its transaction's locks"
+    # Ended, not thrown away: the same connection serves the next checkout.
+    assert pool.getconn() is conn
+    assert conn.autocommit is False  # its session settings are back as opened
+    stats = pool.get_stats()
+    assert stats["connections_lost"] == 0 and stats["returns_bad"] == 0
+    pool.putconn(conn)
+
+
+def _session_state(conn: connection) -> tuple[str, str, list[str]]:
+    with conn.cursor() as cur:
+        cur.execute("SHOW search_path")
+        row = cur.fetchone()
+        cur.execute("SELECT current_user, coalesce(array_agg(c), '{}') FROM pg_listening_channels() AS c")
+        user_row = cur.fetchone()
+    conn.rollback()
+    assert row is not None and user_row is not None
+    return str(row[0]), str(user_row[0]), list(user_row[1])
+
+
+def _dirty(conn: connection) -> None:
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("SET search_path TO pg_catalog")
+        cur.execute("LISTEN pgpool_reset_test")
+        cur.execute("DECLARE held CURSOR WITH HOLD FOR SELECT 1")
+    conn.autocommit = False
+
+
+@pytest.mark.no_pgbouncer  # session state cannot be kept through transaction pooling
+def test_session_state_survives_a_return_by_default(make_pool: PoolFactory) -> None:
+    pool = make_pool(0, 1)
+    conn = pool.getconn()
+    _dirty(conn)
+    pool.putconn(conn)
+    again = pool.getconn()
+    assert again is conn
+    search_path, _, channels = _session_state(again)
+    assert search_path == "pg_catalog" and channels == ["pgpool_reset_test"]
+    pool.putconn(again)
+
+
+@pytest.mark.no_pgbouncer
+@pytest.mark.parametrize("reset", ["DISCARD ALL", "callable"])
+def test_reset_clears_session_state_on_return(make_pool: PoolFactory, reset: str) -> None:
+    def discard(conn: connection) -> None:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("DISCARD ALL")
+
+    pool = make_pool(0, 1, reset=discard if reset == "callable" else reset)
+    conn = pool.getconn()
+    before = _session_state(conn)
+    _dirty(conn)
+    pool.putconn(conn)
+    again = pool.getconn()
+    assert again is conn  # reset, not reconnected
+    assert _session_state(again) == before
+    with again.cursor() as cur, pytest.raises(psycopg2.errors.InvalidCursorName):
+        cur.execute("FETCH held")
+    again.rollback()
+    assert again.autocommit is False
+    pool.putconn(again)
+    assert pool.get_stats()["returns_bad"] == 0
+
+
+@pytest.mark.no_pgbouncer
+def test_configure_runs_again_after_a_reset(make_pool: PoolFactory) -> None:
+    """A reset would undo what configure set; configure runs again after it."""
+
+    def configure(conn: connection) -> None:
+        with conn.cursor() as cur:
+            cur.execute("SET search_path TO information_schema, public")
+        conn.commit()
+
+    pool = make_pool(0, 1, reset="DISCARD ALL", configure=configure)
+    conn = pool.getconn()
+    _dirty(conn)
+    pool.putconn(conn)
+    again = pool.getconn()
+    assert _session_state(again)[0] == "information_schema, public"
+    pool.putconn(again)
+
+
+@pytest.mark.parametrize(
+    "reset",
+    [pytest.param("SELECT 1/0", id="sql"), pytest.param(lambda conn: conn.close(), id="callable")],
+)
+def test_a_failing_reset_discards_the_connection_and_frees_its_slot(
+    make_pool: PoolFactory, reset: str | Callable[[connection], None]
+) -> None:
+    pool = make_pool(0, 1, reset=reset, timeout=2)
+    conn = pool.getconn()
+    pool.putconn(conn)
+    assert conn.closed
+    stats = pool.get_stats()
+    assert stats["returns_bad"] == 1 and stats["pool_size"] == 0
+    fresh = pool.getconn()
+    assert fresh is not conn
+    pool.putconn(fresh)
+
+
+def test_pgpool_reset_key_resets_each_request_connection(make_app: Callable[..., Flask]) -> None:
+    app = make_app(PGPOOL_RESET="DISCARD ALL", PGPOOL_MAXCONN=1)
+
+    @app.get("/dirty")
+    def dirty() -> str:
+        db = get_db()
+        with db.cursor() as cur:
+            cur.execute("SET search_path TO pg_catalog")
+        db.commit()
+        return "ok"
+
+    @app.get("/search_path")
+    def search_path() -> str:
+        with get_db().cursor() as cur:
+            cur.execute("SHOW search_path")
+            row = cur.fetchone()
+        assert row is not None
+        return str(row[0])
+
+    client = app.test_client()
+    before = client.get("/search_path").text
+    assert client.get("/dirty").status_code == 200
+    assert client.get("/search_path").text == before
