@@ -63,7 +63,10 @@ def getconn_keyed(pool: ConnectionPool, key: Hashable, timeout: float | None) ->
         if not claim.wait(max(deadline - _monotonic(), 0.0)):
             raise _messages.timeout_error(pool, state, pool.timeout if timeout is None else timeout)
     try:
-        conn = pool.getconn(timeout=max(deadline - _monotonic(), 0.0))
+        # The pool's own getconn(), not a subclass's, which may call this one.
+        from ._pool import ConnectionPool  # a cycle at import time
+
+        conn = ConnectionPool.getconn(pool, None, max(deadline - _monotonic(), 0.0))
         with state.lock:
             record = state.records[id(conn)]
             record.key = key

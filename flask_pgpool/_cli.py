@@ -17,6 +17,7 @@ from psycopg2.extensions import connection
 from ._extension import PgPool
 from ._health import ping
 from ._pool import ConnectionPool
+from ._queries import fetch_one
 
 __all__ = ["status_command"]
 
@@ -79,6 +80,8 @@ def _pool_status(pool: ConnectionPool, timeout: float) -> dict[str, Any]:
         "dsn": None,
         "reachable": False,
         "server_version": None,
+        "host": None,
+        "port": None,
         "round_trip_ms": None,
         "server_max_connections": None,
         "server_sessions": None,
@@ -92,6 +95,8 @@ def _pool_status(pool: ConnectionPool, timeout: float) -> dict[str, Any]:
                 raise ConnectionError("the server did not answer a ping")
             status["round_trip_ms"] = round((time.monotonic() - started) * 1000, 1)
             status["server_version"] = _version(conn.server_version)
+            # With several hosts in the DSN, the one libpq reached.
+            status["host"], status["port"] = conn.info.host, conn.info.port
             status["reachable"] = True
             _server_capacity(conn, status)
         finally:
@@ -112,12 +117,11 @@ def _pool_status(pool: ConnectionPool, timeout: float) -> dict[str, Any]:
 def _server_capacity(conn: connection, status: dict[str, Any]) -> None:
     """The server's connection limit and use, for sizing; best effort (after the ping)."""
     try:
-        with conn.cursor() as cur:
-            cur.execute(
-                "SELECT current_setting('max_connections')::int,"
-                " (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')"
-            )
-            row = cur.fetchone()
+        row = fetch_one(
+            conn,
+            "SELECT current_setting('max_connections')::int,"
+            " (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')",
+        )
         if row is not None:
             status["server_max_connections"], status["server_sessions"] = int(row[0]), int(row[1])
     except Exception:  # a restricted role or a proxy's console: not worth failing the status
@@ -131,9 +135,17 @@ def _version(number: int) -> str:
     return f"{major}.{minor}" if major >= 10 else f"{major}.{minor // 100}.{minor % 100}"
 
 
+def _where(host: str, port: int) -> str:
+    # An IPv6 address in brackets, so that its port stands apart.
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("/") else f"{host}:{port}"
+
+
 def _format(name: str, status: dict[str, Any]) -> str:
     if status["reachable"]:
-        answer = f"PostgreSQL {status['server_version']}, answered in {status['round_trip_ms']} ms"
+        answer = (
+            f"PostgreSQL {status['server_version']} at {_where(status['host'], status['port'])}, "
+            f"answered in {status['round_trip_ms']} ms"
+        )
     else:
         answer = f"UNREACHABLE: {status['error']}"
     lines = [

@@ -23,6 +23,8 @@ from collections.abc import Iterator
 
 from psycopg2.extensions import TRANSACTION_STATUS_IDLE, connection
 
+from ._queries import fetch_one
+
 __all__ = ["SocketState", "Watchdog", "bounded", "peek_state", "ping", "poller_for", "quick_state"]
 
 _PEEK_BYTES = 1
@@ -104,9 +106,7 @@ def ping(conn: connection, timeout: float) -> bool:
             # In autocommit the ping is one round trip and opens no transaction.
             autocommit = conn.autocommit
             conn.autocommit = True
-            with conn.cursor() as cur:
-                cur.execute("SELECT 1")
-                ok = cur.fetchone() == (1,)
+            ok = fetch_one(conn, "SELECT 1") == (1,)
             conn.autocommit = autocommit
         except Exception:
             ok = False

@@ -17,10 +17,10 @@ from psycopg2.extensions import (
     TRANSACTION_STATUS_INERROR,
     TRANSACTION_STATUS_INTRANS,
     connection,
-    cursor,
 )
 
 from ._health import bounded
+from ._queries import execute
 
 __all__ = ["Reset", "close_quietly", "reset_for_reuse", "restore_session", "session_of"]
 
@@ -57,8 +57,7 @@ def execute_plain(conn: connection, sql: str) -> None:
     autocommit = conn.autocommit
     conn.autocommit = True
     try:
-        with connection.cursor(conn, cursor_factory=cursor) as cur:
-            cur.execute(sql)
+        execute(conn, sql)
     finally:
         conn.autocommit = autocommit
 

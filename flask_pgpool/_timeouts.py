@@ -23,6 +23,7 @@ import psycopg2.extensions
 from psycopg2.extensions import connection
 
 from . import _dsn as dsnlib
+from ._queries import fetch_one
 
 __all__ = ["DEFAULT_NETWORK_TIMEOUT", "connect", "connect_params", "keepalive_params", "statement_timeout_ms"]
 
@@ -133,15 +134,13 @@ def connect(
 
 def _statement_timeout_in_force(conn: connection) -> int | None:
     """The session's statement_timeout in ms (None if the server shows it in a form not known here)."""
-    # A plain cursor: rows are tuples whatever the user's factories, and a
+    # Through _queries: rows are tuples whatever the user's factories, and a
     # LoggingConnection need not be initialized yet. SHOW: one round trip,
     # no catalog lookup; autocommit: no transaction left open.
     autocommit = conn.autocommit
     conn.autocommit = True
     try:
-        with psycopg2.extensions.cursor(conn) as cur:
-            cur.execute("SHOW statement_timeout")
-            row = cur.fetchone()
+        row = fetch_one(conn, "SHOW statement_timeout")
     finally:
         conn.autocommit = autocommit
     shown = _SHOWN_DURATION.match(str(row[0]) if row else "")

@@ -107,26 +107,28 @@ class RolledBackConnection:
         """Keep the work so far for the rest of the test (the test's transaction stays open)."""
         from psycopg2.extensions import TRANSACTION_STATUS_IDLE, TRANSACTION_STATUS_INERROR
 
+        from ._queries import execute
+
         status = self._conn.info.transaction_status
-        with self._conn.cursor() as cur:
-            if status == TRANSACTION_STATUS_IDLE:
-                # A raw COMMIT/ROLLBACK statement ended the test's transaction.
-                cur.execute(f"SAVEPOINT {_SAVEPOINT}")
-                return
-            if status == TRANSACTION_STATUS_INERROR:
-                # Like COMMIT on a failed transaction: its work is lost, no error.
-                cur.execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
-            cur.execute(f"RELEASE SAVEPOINT {_SAVEPOINT}; SAVEPOINT {_SAVEPOINT}")
+        if status == TRANSACTION_STATUS_IDLE:
+            # A raw COMMIT/ROLLBACK statement ended the test's transaction.
+            execute(self._conn, f"SAVEPOINT {_SAVEPOINT}")
+            return
+        if status == TRANSACTION_STATUS_INERROR:
+            # Like COMMIT on a failed transaction: its work is lost, no error.
+            execute(self._conn, f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
+        execute(self._conn, f"RELEASE SAVEPOINT {_SAVEPOINT}; SAVEPOINT {_SAVEPOINT}")
 
     def rollback(self) -> None:
         """Undo the work since the last :meth:`commit` (or since the test began)."""
         from psycopg2.extensions import TRANSACTION_STATUS_IDLE
 
-        with self._conn.cursor() as cur:
-            if self._conn.info.transaction_status == TRANSACTION_STATUS_IDLE:
-                cur.execute(f"SAVEPOINT {_SAVEPOINT}")
-            else:
-                cur.execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
+        from ._queries import execute
+
+        if self._conn.info.transaction_status == TRANSACTION_STATUS_IDLE:
+            execute(self._conn, f"SAVEPOINT {_SAVEPOINT}")
+        else:
+            execute(self._conn, f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
 
     def close(self) -> None:
         """The connection belongs to the test: closing it in a view does nothing."""
@@ -215,6 +217,8 @@ def _open(pool: ConnectionPool) -> connection:
     from psycopg2.extensions import TRANSACTION_STATUS_IDLE
     from psycopg2.extensions import connection as plain
 
+    from ._queries import execute
+
     dsn, kwargs = pool.connect_params()
     base = kwargs.pop("connection_factory", None) or plain
     factory = type(f"RolledBack[{base.__name__}]", (RolledBackConnection, base), {})
@@ -226,8 +230,7 @@ def _open(pool: ConnectionPool) -> connection:
             pool.configure(conn)
             if conn.info.transaction_status != TRANSACTION_STATUS_IDLE:
                 plain.rollback(conn)
-        with conn.cursor() as cur:
-            cur.execute(f"SAVEPOINT {_SAVEPOINT}")
+        execute(conn, f"SAVEPOINT {_SAVEPOINT}")
     except BaseException:
         plain.close(conn)
         raise

@@ -23,8 +23,13 @@ from support.pgcluster import PgCluster, private_cluster
 
 from flask_pgpool import PgPool
 
-# Fixtures of the pool engine's tests (make_pool, proxy), registered once for every folder.
-pytest_plugins = ["support.poolkit"]
+# A plugin (below) imported here first: its asserts must still be rewritten.
+pytest.register_assert_rewrite("support.userconfigs")
+from support.userconfigs import DEFAULT, SecondRole, UserConfig, as_role, first_value  # noqa: E402
+
+# Fixtures of the pool engine's tests (make_pool, proxy), and the user configurations apps and
+# pools are built with (user_config, the PGPOOL_TEST_MATRIX matrix), registered once for every folder.
+pytest_plugins = ["support.userconfigs", "support.poolkit"]
 
 THROUGH_PGBOUNCER = os.environ.get("PGPOOL_TEST_PGBOUNCER", "").strip().lower() in ("1", "true", "yes", "on")
 TESTS = Path(__file__).resolve().parent
@@ -127,26 +132,62 @@ def server_sessions(admin: connection, app_name: str) -> Callable[..., list[tupl
 
 
 @pytest.fixture
-def make_app(pg_dsn: str, app_name: str, tmp_path: Path) -> Iterator[Callable[..., Flask]]:
-    """Build Flask apps with PgPool on the test server; their pools close after the test."""
-    made: list[tuple[PgPool, Flask]] = []
+def make_app(
+    pg_dsn: str, app_name: str, tmp_path: Path, user_config: UserConfig, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., Flask]]:
+    """Build Flask apps with PgPool on the test server; their pools close after the test.
 
-    def make(pgpool: PgPool | None = None, **config: Any) -> Flask:
+    ``make_app(pgpool=None, before_init=None, **config)``: ``before_init(app)`` runs
+    before ``init_app`` (to register what must come first). The apps are built with
+    the test's ``user_config``: its connect arguments and setup are merged with the
+    test's own ``PGPOOL_CONNECT_ARGS`` and ``PGPOOL_CONFIGURE``.
+    """
+    made: list[tuple[PgPool, Flask]] = []
+    role: SecondRole | None = request.getfixturevalue("matrix_role") if user_config.own_role else None
+
+    def make(pgpool: PgPool | None = None, before_init: Callable[[Flask], None] | None = None, **config: Any) -> Flask:
         app = Flask(f"test_app_{len(made)}", instance_path=str(tmp_path / f"instance{len(made)}"))
-        app.config.update(
-            TESTING=True,
-            PGPOOL_DSN=pg_dsn,
-            PGPOOL_CONNECT_ARGS={"application_name": app_name},
-        )
+        connect_args = {"application_name": app_name, **user_config.connect_args}
+        if role is not None:
+            # The main pool names its login in keyword arguments; a bind has a login of its own.
+            connect_args.update(user=role.main_user, password="main-role-password")
+            binds = dict(config.pop("PGPOOL_BINDS", None) or {})
+            binds["own_role"] = {"dsn": as_role(config.get("PGPOOL_DSN", pg_dsn), role), "minconn": 0}
+            config["PGPOOL_BINDS"] = binds
+        connect_args.update(config.pop("PGPOOL_CONNECT_ARGS", None) or {})
+        app.config.update(TESTING=True, PGPOOL_DSN=pg_dsn, PGPOOL_CONNECT_ARGS=connect_args)
+        if user_config != DEFAULT:
+            config["PGPOOL_CONFIGURE"] = user_config.then(config.get("PGPOOL_CONFIGURE"))
         app.config.update(config)
+        if before_init is not None:
+            before_init(app)
         ext = pgpool or PgPool()
         ext.init_app(app)
         made.append((ext, app))
         return app
 
     yield make
-    for ext, app in made:
-        ext.close(app)
+    try:
+        if role is not None:
+            for ext, app in made:
+                _check_own_role(ext, app, role)
+    finally:
+        for ext, app in made:
+            ext.close(app)
+
+
+def _check_own_role(ext: PgPool, app: Flask, role: SecondRole) -> None:
+    """Every app built with a second role's bind: the bind logs in as that role, not as the main pool."""
+    pool = ext.get_pool("own_role", app=app)
+    if pool.closed:
+        return
+    conn = pool.getconn()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT current_user")
+            assert first_value(cur.fetchone()) == role.name
+    finally:
+        pool.putconn(conn)
 
 
 @pytest.fixture

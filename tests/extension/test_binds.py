@@ -12,6 +12,7 @@ import psycopg2.errors
 import pytest
 from flask import Flask, jsonify
 from psycopg2.extensions import connection, make_dsn
+from support.pgcluster import PgCluster, private_cluster
 
 from flask_pgpool import ConfigError, PgPool, get_db
 from flask_pgpool._cli import status_command
@@ -209,3 +210,112 @@ def test_status_prints_the_numbers_for_sizing(make_app: Callable[..., Flask], ad
     assert report["server_max_connections"] == max_connections
     # At least the admin session and the status command's own are open.
     assert report["server_sessions"] >= 2
+
+
+# -- each bind connects as itself ------------------------------------------------------
+
+
+def server_says(conn: connection, what: str) -> Any:
+    return one(conn, f"SELECT {what}")
+
+
+@pytest.fixture(scope="module")
+def other_role(pg_server_dsn: str) -> Iterator[tuple[str, str]]:
+    """A second login role with a password on the test server: (name, password)."""
+    name, password = f"pgpool_other_{uuid.uuid4().hex[:8]}", "other-role-secret"
+    admin = psycopg2.connect(pg_server_dsn)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE ROLE {name} LOGIN PASSWORD %s", (password,))
+    try:
+        yield name, password
+    finally:
+        with admin.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (name,))
+            cur.execute(f"DROP ROLE IF EXISTS {name}")
+        admin.close()
+
+
+def test_a_bind_connects_as_the_role_of_its_own_dsn(
+    make_app: Callable[..., Flask], pg_server_dsn: str, admin: connection, app_name: str, other_role: tuple[str, str]
+) -> None:
+    role, password = other_role
+    main_user = server_says(admin, "current_user")
+    app = make_app(
+        PGPOOL_DSN=pg_server_dsn,
+        # Identity given as keyword arguments, as apps often pass a password.
+        PGPOOL_CONNECT_ARGS={"application_name": app_name, "user": main_user, "password": "main-secret"},
+        PGPOOL_BINDS={"other": make_dsn(pg_server_dsn, user=role, password=password)},
+    )
+    with app.app_context():
+        assert server_says(get_db(), "current_user") == main_user
+        assert server_says(get_db("other"), "current_user") == role
+        # What is not about identity the bind does take from the main pool.
+        assert server_says(get_db("other"), "current_setting('application_name')") == app_name
+
+
+def test_the_bind_dsn_wins_over_inherited_connect_args(
+    make_app: Callable[..., Flask], pg_server_dsn: str, app_name: str
+) -> None:
+    app = make_app(
+        PGPOOL_DSN=pg_server_dsn,
+        PGPOOL_BINDS={
+            "named": make_dsn(pg_server_dsn, application_name=f"{app_name}-named"),
+            "own_args": {"dsn": pg_server_dsn, "connect_args": {"application_name": f"{app_name}-args"}},
+        },
+    )
+    with app.app_context():
+        assert server_says(get_db(), "current_setting('application_name')") == app_name
+        assert server_says(get_db("named"), "current_setting('application_name')") == f"{app_name}-named"
+        assert server_says(get_db("own_args"), "current_setting('application_name')") == f"{app_name}-args"
+
+
+def test_pgpool_connect_args_and_the_config_are_merged(
+    make_app: Callable[..., Flask], pg_server_dsn: str, app_name: str
+) -> None:
+    ext = PgPool(connect_args={"application_name": "from-the-option", "options": "-c statement_timeout=4321"})
+    app = make_app(ext, PGPOOL_DSN=pg_server_dsn, PGPOOL_CONNECT_ARGS={"application_name": app_name})
+    with app.app_context():
+        # The config wins key by key; the option's other keys stay.
+        assert server_says(get_db(), "current_setting('application_name')") == app_name
+        assert server_says(get_db(), "current_setting('statement_timeout')") == "4321ms"
+
+
+# A private cluster that checks passwords (scram-sha-256 over TCP), unlike the test server.
+MAIN_PASSWORD, REPORTER_PASSWORD = "main-pw-9f2", "reporter-pw-4c7"
+
+
+@pytest.fixture(scope="module")
+def password_cluster() -> Iterator[PgCluster]:
+    with private_cluster("binds-scram") as pg:
+        admin = psycopg2.connect(pg.socket_dsn)
+        admin.autocommit = True
+        with admin.cursor() as cur:
+            cur.execute("SET password_encryption = 'scram-sha-256'")
+            cur.execute("ALTER ROLE postgres PASSWORD %s", (MAIN_PASSWORD,))
+            cur.execute("CREATE ROLE reporter LOGIN PASSWORD %s", (REPORTER_PASSWORD,))
+        (pg.data_dir / "pg_hba.conf").write_text(
+            "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n"
+        )
+        with admin.cursor() as cur:
+            cur.execute("SELECT pg_reload_conf()")
+        admin.close()
+        yield pg
+
+
+def test_a_bind_sends_its_own_password(make_app: Callable[..., Flask], password_cluster: PgCluster) -> None:
+    pg = password_cluster
+    with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
+        psycopg2.connect(pg.dsn, password="wrong", connect_timeout=5).close()
+    app = make_app(
+        PGPOOL_DSN=pg.dsn,
+        PGPOOL_CONNECT_ARGS={"password": MAIN_PASSWORD},
+        PGPOOL_TIMEOUT=3,
+        PGPOOL_BINDS={"reports": f"{make_dsn(pg.dsn, user='reporter')} password={REPORTER_PASSWORD}"},
+    )
+    with app.app_context():
+        assert server_says(get_db(), "current_user") == "postgres"
+        assert server_says(get_db("reports"), "current_user") == "reporter"
+    result = app.test_cli_runner().invoke(status_command, [])
+    assert result.exit_code == 0, result.output
+    assert MAIN_PASSWORD not in result.output and REPORTER_PASSWORD not in result.output

@@ -331,6 +331,60 @@ def test_unrelated_keys_do_not_warn(setup: Callable[..., tuple[PgPool, Flask]]) 
         setup(PGPOOL_DSN=DSN, SECRET_KEY="x", SQLALCHEMY_DATABASE_URI="sqlite://", PGPOOLS="x")
 
 
+@pytest.mark.parametrize(
+    ("near_miss", "meant"),
+    [
+        ("pgpool_maxconn", "PGPOOL_MAXCONN"),
+        ("Pgpool_Timeout", "PGPOOL_TIMEOUT"),
+        ("PG_POOL_MAXCONN", "PGPOOL_MAXCONN"),
+        ("PGPOOLMAXCONN", "PGPOOL_MAXCONN"),
+        ("PGPOOL_MAXCON", "PGPOOL_MAXCONN"),
+        ("pgpool_maxcon", "PGPOOL_MAXCONN"),
+        ("PGPOL_MAXCONN", "PGPOOL_MAXCONN"),
+        ("PG_POOL_DSN", "PGPOOL_DSN"),
+        ("pgpool-connect-args", "PGPOOL_CONNECT_ARGS"),
+        ("PG_POOL_CONECT_TIMOUT", "PGPOOL_CONNECT_TIMEOUT"),
+        ("pgpool_binds", "PGPOOL_BINDS"),
+    ],
+)
+def test_key_in_the_wrong_case_or_with_a_near_miss_prefix_warns(
+    setup: Callable[..., tuple[PgPool, Flask]], near_miss: str, meant: str
+) -> None:
+    with pytest.warns(PgPoolConfigWarning, match=rf"unknown config key {near_miss}; did you mean {meant}\?") as record:
+        setup(PGPOOL_DSN=DSN, **{near_miss: 5})
+    assert len(record) == 1
+    assert record[0].filename == __file__
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        # libpq's environment variables, as some apps mirror them into their config
+        "PGHOST",
+        "PGPORT",
+        "PGUSER",
+        "PGPASSWORD",
+        "PGDATABASE",
+        "PGSSLMODE",
+        "PGAPPNAME",
+        "PGCONNECT_TIMEOUT",
+        # other extensions' and the app's own keys that start with PG
+        "PG_MAXCONN",
+        "PG_POOL_SIZE",
+        "PG_DSN",
+        "PGBOUNCER_MAXCONN",
+        "PGPOOL",
+        "PGPOOLING",
+        "pgpool",
+        "PGVECTOR_DIMENSIONS",
+    ],
+)
+def test_keys_that_merely_start_with_pg_do_not_warn(setup: Callable[..., tuple[PgPool, Flask]], key: str) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        setup(PGPOOL_DSN=DSN, **{key: "x"})
+
+
 # -- binds ----------------------------------------------------------------------------------
 
 

@@ -23,7 +23,7 @@ from urllib.parse import quote
 import psycopg2
 import pytest
 from flask import Flask
-from psycopg2.extensions import parse_dsn
+from psycopg2.extensions import make_dsn, parse_dsn
 
 from flask_pgpool import ConfigError, PgPool, get_db
 
@@ -242,3 +242,132 @@ def test_redact_masks_every_form(pg_dsn: str, app_name: str) -> None:
         assert_no_password([redacted])
         assert re.search(r"\*\*\*", redacted)
         app.extensions["pgpool"].close(app)
+
+
+# -- passwords that libpq and a URL parser would cut differently --------------------------
+
+
+def url_of(pg_dsn: str, userinfo: str, query: str = "") -> str:
+    """A URL of the test server with ``userinfo`` written as given (host and port in the query)."""
+    params = parse_dsn(pg_dsn)
+    host, port = quote(params.get("host", "localhost"), safe=""), params.get("port", "5432")
+    return f"postgresql://{userinfo}@/{params.get('dbname', 'postgres')}?host={host}&port={port}{query}"
+
+
+AMBIGUOUS = {
+    "raw_at": "postgresql://app:Hunter@2x-pw@db.internal:5432/app",
+    "raw_at_multihost": "postgresql://app:Hunter@2x-pw@db1.internal:5432,db2.internal:5433/app",
+    "raw_slash": "postgresql://app:Hunter/2x-pw@db.internal/app",
+    "raw_slash_and_at": "postgresql://app:Hunter/2x@pw@db.internal/app?sslmode=require",
+}
+AMBIGUOUS_PARTS = ["Hunter", "2x-pw", "2x@pw", "2x"]
+
+
+@pytest.mark.parametrize("where", ["PGPOOL_DSN", "bind", "DATABASE_URL"])
+@pytest.mark.parametrize("form", list(AMBIGUOUS))
+def test_url_with_a_raw_at_or_slash_in_the_password_is_refused(
+    form: str, where: str, monkeypatch: pytest.MonkeyPatch, capture: Callable[[], list[str]]
+) -> None:
+    url = AMBIGUOUS[form]
+    app = Flask("secrets_app")
+    if where == "PGPOOL_DSN":
+        app.config["PGPOOL_DSN"] = url
+        key = "PGPOOL_DSN"
+    elif where == "bind":
+        app.config.update(PGPOOL_DSN="dbname=app", PGPOOL_BINDS={"reports": {"dsn": url}})
+        key = "PGPOOL_BINDS['reports']['dsn']"
+    else:
+        monkeypatch.setenv("DATABASE_URL", url)
+        key = "the DATABASE_URL environment variable"
+    with pytest.raises(ConfigError) as info:
+        PgPool(app)
+    message = str(info.value)
+    assert message.startswith(f"{key} is a URL whose user name or password holds a raw '@' or '/'")
+    assert "percent-encode" in message and "%40" in message
+    shown = [message, "".join(traceback.format_exception(info.value)), *capture()]
+    for text in shown:
+        for part in AMBIGUOUS_PARTS:
+            assert part not in text
+
+
+@pytest.mark.parametrize("form", list(AMBIGUOUS))
+def test_the_pool_never_shows_part_of_an_ambiguous_url(form: str) -> None:
+    """The engine used without the extension takes any DSN: it shows none of such a password."""
+    from flask_pgpool import ConnectionPool
+
+    pool = ConnectionPool(0, 1, AMBIGUOUS[form], timeout=0.5, connect_timeout=1)
+    try:
+        shown = [repr(pool), pool.dsn]
+        try:
+            pool.getconn()
+        except Exception as exc:
+            shown += [str(exc), "".join(traceback.format_exception(exc))]
+        shown.append(pool.redact(f"could not translate host name {parse_dsn(AMBIGUOUS[form]).get('host')!r}"))
+    finally:
+        pool.closeall()
+    for text in shown:
+        for part in AMBIGUOUS_PARTS:
+            assert part not in text, text
+
+
+def test_url_password_with_raw_question_mark_hash_and_colon_is_masked_whole(
+    pg_dsn: str, app_name: str, capture: Callable[[], list[str]]
+) -> None:
+    """libpq reads ``?``, ``#`` and ``:`` after the first ``:`` as part of the password; so must the masking."""
+    user = parse_dsn(pg_dsn).get("user", "postgres")
+    password = "Qx7?frag#ment:Zz"
+    dsn = url_of(pg_dsn, f"{user}:{password}")
+    require_trust_auth(dsn, {})
+    assert parse_dsn(dsn)["password"] == password
+    app = secret_app(dsn, {}, app_name)
+    pool = app.extensions["pgpool"].get_pool(app=app)
+    assert pool.dsn.startswith(f"postgresql://{user}:***@/")
+    texts = everything_shown(app, reachable=True) + capture()
+    for text in texts:
+        for part in ("Qx7", "frag", "ment:Zz", "Zz"):
+            assert part not in text, text[:2000]
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["&password=Qp-secret-1", "&pass%77ord=Qp-secret-1", "&sslpassword=Qp-secret-1&password=Qp-secret-1"],
+    ids=["password", "encoded_key", "sslpassword"],
+)
+def test_password_in_the_url_query_is_masked(pg_dsn: str, app_name: str, query: str) -> None:
+    user = parse_dsn(pg_dsn).get("user", "postgres")
+    dsn = url_of(pg_dsn, user, query)
+    app = secret_app(dsn, {}, app_name)
+    pool = app.extensions["pgpool"].get_pool(app=app)
+    result = app.test_cli_runner().invoke(args=["pgpool-status", "--json", "--timeout", "1"])
+    for text in (repr(pool), pool.dsn, pool.redact(dsn), result.output):
+        assert "Qp-secret" not in text, text
+    assert "=***" in pool.dsn
+    app.extensions["pgpool"].close(app)
+
+
+QUOTED_PASSWORD = "it's a \\ Zq9-secret"
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        r"password='it\'s a \\ Zq9-secret'",
+        r"password=it\'s\ a\ \\\ Zq9-secret",
+        r"password = 'it\'s a \\ Zq9-secret'",
+    ],
+    ids=["quoted", "escaped", "spaced"],
+)
+def test_keyvalue_password_with_quotes_and_backslashes_is_masked_whole(
+    pg_dsn: str, app_name: str, written: str
+) -> None:
+    params = {k: v for k, v in parse_dsn(pg_dsn).items() if k != "password"}
+    dsn = f"{make_dsn(**params)} {written}"
+    assert parse_dsn(dsn)["password"] == QUOTED_PASSWORD
+    app = secret_app(dsn, {}, app_name)
+    pool = app.extensions["pgpool"].get_pool(app=app)
+    result = app.test_cli_runner().invoke(args=["pgpool-status", "--timeout", "1"])
+    # The text of the DSN itself, as an app might log it through redact().
+    for text in (repr(pool), pool.dsn, pool.redact(f"connecting with {dsn} failed"), result.output):
+        for part in ("Zq9", "secret", "it\\'s", "it's"):
+            assert part not in text, text
+    app.extensions["pgpool"].close(app)

@@ -14,7 +14,8 @@ from support.poolkit import PoolFactory, backend_pid, query_one, terminate, via_
 
 from flask_pgpool._health import ping as real_ping
 
-# Fixtures shared by the pool tests.
+# Run under each user configuration of PGPOOL_TEST_MATRIX (see support.userconfigs).
+pytestmark = pytest.mark.user_configs
 
 
 def _settled(proxy: TcpProxy) -> tuple[int, int]:

@@ -14,7 +14,8 @@ from support.poolkit import PoolFactory, backend_pid, query_one, terminate
 
 from flask_pgpool import ConnectionPool, PoolTimeout
 
-# Fixtures shared by the pool tests.
+# Run under each user configuration of PGPOOL_TEST_MATRIX (see support.userconfigs).
+pytestmark = pytest.mark.user_configs
 
 
 class FaultyConnection(connection):
@@ -32,6 +33,13 @@ def _faulty(make_pool: PoolFactory, maxconn: int = 1, **options: Any) -> Connect
     return make_pool(0, maxconn, connect_args={"connection_factory": FaultyConnection}, timeout=2, **options)
 
 
+def open_transaction(conn: connection) -> None:
+    """Leave a transaction open, as a view does; in autocommit with an explicit BEGIN."""
+    with conn.cursor() as cur:
+        cur.execute("BEGIN" if conn.autocommit else "SELECT 1")
+    assert conn.info.transaction_status == psycopg2.extensions.TRANSACTION_STATUS_INTRANS
+
+
 def _assert_free(pool: ConnectionPool) -> None:
     """The pool's single slot can be checked out again at once."""
     conn = pool.getconn(timeout=2)
@@ -42,7 +50,7 @@ def _assert_free(pool: ConnectionPool) -> None:
 def test_failing_rollback_on_return_frees_the_slot(make_pool: PoolFactory) -> None:
     pool = _faulty(make_pool)
     conn = cast(FaultyConnection, pool.getconn())
-    query_one(conn, "SELECT 1")  # a transaction is open
+    open_transaction(conn)
     conn.fail_with = psycopg2.OperationalError("rollback failed")
     pool.putconn(conn)
     assert conn.closed
@@ -55,7 +63,7 @@ def test_failing_rollback_on_return_frees_the_slot(make_pool: PoolFactory) -> No
 def test_exception_escaping_putconn_still_frees_the_slot(make_pool: PoolFactory) -> None:
     pool = _faulty(make_pool)
     conn = cast(FaultyConnection, pool.getconn())
-    query_one(conn, "SELECT 1")
+    open_transaction(conn)
     conn.fail_with = KeyboardInterrupt()
     with pytest.raises(KeyboardInterrupt):
         pool.putconn(conn)
@@ -67,7 +75,7 @@ def test_exception_escaping_putconn_still_frees_the_slot(make_pool: PoolFactory)
 def test_connection_dead_on_return_inside_a_transaction(make_pool: PoolFactory, admin: connection) -> None:
     pool = make_pool(0, 1, timeout=2)
     conn = pool.getconn()
-    query_one(conn, "SELECT 1")
+    open_transaction(conn)
     terminate(admin, backend_pid(conn))
     pool.putconn(conn)  # the rollback fails: no exception, slot freed
     assert pool.get_stats()["returns_bad"] == 1
@@ -77,6 +85,7 @@ def test_connection_dead_on_return_inside_a_transaction(make_pool: PoolFactory, 
 def test_open_transaction_is_rolled_back_on_return(make_pool: PoolFactory) -> None:
     pool = make_pool(0, 1)
     conn = pool.getconn()
+    open_transaction(conn)
     query_one(conn, "SELECT txid_current()")
     pool.putconn(conn)
     assert pool.getconn() is conn
@@ -88,12 +97,14 @@ def test_open_transaction_is_rolled_back_on_return(make_pool: PoolFactory) -> No
 def test_session_settings_are_restored_on_return(make_pool: PoolFactory) -> None:
     pool = make_pool(0, 1)
     conn = pool.getconn()
-    conn.autocommit = True
+    # As the connection was opened (the app's configure may have turned autocommit on).
+    opened = (conn.autocommit, conn.readonly)
+    conn.autocommit = not opened[0]
     conn.set_session(readonly=True)
     pool.putconn(conn)
     again = pool.getconn()
     assert again is conn
-    assert not again.autocommit and not again.readonly
+    assert (again.autocommit, again.readonly) == opened
     pool.putconn(again)
 
 

@@ -14,7 +14,8 @@ from support.poolkit import PoolFactory, query_one, run_in_thread, wait_until
 
 from flask_pgpool import ConnectionPool, PgPoolError, PoolClosed, PoolTimeout, TooManyRequests
 
-# Fixtures shared by the pool tests.
+# Run under each user configuration of PGPOOL_TEST_MATRIX (see support.userconfigs).
+pytestmark = pytest.mark.user_configs
 
 
 def _waiting(pool: ConnectionPool, count: int) -> Callable[[], bool]:

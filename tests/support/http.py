@@ -6,6 +6,8 @@ from typing import Any
 
 from werkzeug.test import TestResponse
 
+from .userconfigs import first_value
+
 
 def body(response: TestResponse) -> Any:
     """The response's JSON body; fails the test if there is none."""
@@ -15,7 +17,5 @@ def body(response: TestResponse) -> Any:
 
 
 def fetch_value(cur: Any) -> Any:
-    """The first column of the cursor's next row; fails the test if there is no row."""
-    row = cur.fetchone()
-    assert row is not None, "the query returned no row"
-    return row[0]
+    """The first column of the cursor's next row (whatever the cursor factory); fails the test if there is none."""
+    return first_value(cur.fetchone())

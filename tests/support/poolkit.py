@@ -15,6 +15,7 @@ from psycopg2.extensions import connection, make_dsn, parse_dsn
 from flask_pgpool import ConnectionPool
 
 from .netproxy import TcpProxy
+from .userconfigs import DEFAULT, KeyedPool, SecondRole, UserConfig, as_role, first_value
 
 T = TypeVar("T")
 
@@ -49,11 +50,10 @@ def wait_until(predicate: Callable[[], object], *, timeout: float, what: str, in
 
 
 def query_one(conn: connection, sql: str, args: tuple[Any, ...] = ()) -> Any:
+    """The first column of the first row, through the connection's own cursor (whatever its rows are)."""
     with conn.cursor() as cur:
         cur.execute(sql, args)
-        row = cur.fetchone()
-    assert row is not None
-    return row[0]
+        return first_value(cur.fetchone())
 
 
 def upstream_of(dsn: str) -> tuple[str, int] | str:
@@ -99,18 +99,33 @@ def run_in_thread(target: Callable[[], T], *, name: str = "test-worker") -> Call
 
 
 class PoolFactory:
-    """Makes ConnectionPools tagged with the test's application_name; closes them all."""
+    """Makes ConnectionPools tagged with the test's application_name; closes them all.
 
-    def __init__(self, dsn: str, app_name: str) -> None:
+    ``user_config`` (see support.userconfigs) adds the connect arguments, setup,
+    login role and keyed checkouts of one way users configure their pools.
+    """
+
+    def __init__(
+        self, dsn: str, app_name: str, user_config: UserConfig = DEFAULT, role: SecondRole | None = None
+    ) -> None:
         self.dsn = dsn
         self.app_name = app_name
+        self.user_config = user_config
+        self.role = role
         self.made: list[ConnectionPool] = []
 
     def __call__(self, minconn: int = 0, maxconn: int = 4, dsn: str | None = None, **options: Any) -> ConnectionPool:
         options.setdefault("timeout", 5)
-        connect_args = dict(options.pop("connect_args", {}))
+        config = self.user_config
+        connect_args = {**config.connect_args, **options.pop("connect_args", {})}
         connect_args.setdefault("application_name", self.app_name)
-        pool = ConnectionPool(minconn, maxconn, dsn or self.dsn, connect_args=connect_args, **options)
+        if config != DEFAULT:
+            options["configure"] = config.then(options.get("configure"))
+        dsn = dsn or self.dsn
+        if self.role is not None:
+            dsn = as_role(dsn, self.role)
+        kind = KeyedPool if config.keyed else ConnectionPool
+        pool = kind(minconn, maxconn, dsn, connect_args=connect_args, **options)
         self.made.append(pool)
         return pool
 
@@ -120,9 +135,15 @@ class PoolFactory:
 
 
 @pytest.fixture
-def make_pool(pg_dsn: str, app_name: str) -> Iterator[PoolFactory]:
-    """``make_pool(minconn, maxconn, **options)``: pools on the test server, closed after the test."""
-    factory = PoolFactory(pg_dsn, app_name)
+def make_pool(
+    pg_dsn: str, app_name: str, user_config: UserConfig, request: pytest.FixtureRequest
+) -> Iterator[PoolFactory]:
+    """``make_pool(minconn, maxconn, **options)``: pools on the test server, closed after the test.
+
+    Built with the test's ``user_config`` (the default one unless the module runs the matrix).
+    """
+    role = request.getfixturevalue("matrix_role") if user_config.own_role else None
+    factory = PoolFactory(pg_dsn, app_name, user_config, role)
     yield factory
     factory.close()
 
