@@ -91,7 +91,12 @@ def check_out(
     try:
         socket = peek_state(conn, record.poller) if pool._health.health_check else quick_state(conn)
         verdict = record.checkout_verdict(
-            now, socket, pool._health, suspect_before=state.suspect_before, generation=state.generation
+            now,
+            socket,
+            pool._health,
+            suspect_before=state.suspect_before,
+            generation=state.generation,
+            verify_before=pool._failover.suspect_before,
         )
         if verdict is Verdict.PING:
             budget = ping_budget(deadline - now, pool._ping_limit, state.round_trip)
@@ -101,6 +106,8 @@ def check_out(
                     pool._give_back(state, record)
                 return False
             verdict = Verdict.USE if _ping(state, conn, budget) else Verdict.DEAD
+            if verdict is Verdict.USE and not pool._failover.pinged(conn, record):
+                verdict = Verdict.RETIRED  # its server refuses writes now: closed, not lost
     except BaseException:
         # Interrupted (KeyboardInterrupt in a ping...): the slot is freed all the same.
         pool._discard(state, record, lost=False)

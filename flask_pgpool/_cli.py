@@ -102,7 +102,7 @@ def _pool_status(pool: ConnectionPool, timeout: float) -> dict[str, Any]:
         finally:
             pool.putconn(conn)
     except Exception as exc:  # one line for the user, whatever went wrong
-        status["error"] = pool.redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        status["error"] = pool.redact(_one_line(exc))
     stats = pool.get_stats()
     status["dsn"] = pool.dsn
     status["min"] = stats["pool_min"]
@@ -112,6 +112,15 @@ def _pool_status(pool: ConnectionPool, timeout: float) -> dict[str, Any]:
     status["waiting"] = stats["requests_waiting"]
     status["stats"] = stats
     return status
+
+
+def _one_line(exc: BaseException) -> str:
+    """The error on one line. libpq writes one line per host it tried (a
+    multi-host DSN), each maybe followed by an indented hint: keep every
+    host's line, drop the hints."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    failures = [line.strip() for line in lines if not line[:1].isspace()]
+    return "; ".join(failures) or type(exc).__name__
 
 
 def _server_capacity(conn: connection, status: dict[str, Any]) -> None:

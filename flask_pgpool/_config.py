@@ -143,14 +143,19 @@ def _bool(label: str, value: Any) -> bool:
     return value
 
 
-def _dsn(label: str, value: Any) -> str | None:
+def _dsn(label: str, value: Any) -> str | Callable[[], str] | None:
     # A blank DSN is almost always an unset environment variable, not a wish
     # for libpq's defaults: treat it as not set.
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
+    if callable(value):
+        return value  # type: ignore[no-any-return]  # called for every new connection
     if not isinstance(value, str):
         kind = type(value).__name__
-        raise ConfigError(f"{label} must be a libpq connection string or a postgresql:// URL, got a {kind}")
+        raise ConfigError(
+            f"{label} must be a libpq connection string or a postgresql:// URL (or a function "
+            f"returning one for each new connection), got a {kind}"
+        )
     try:
         dsnlib.check(value)
     except dsnlib.InvalidDSN as exc:
@@ -158,12 +163,15 @@ def _dsn(label: str, value: Any) -> str | None:
     return value
 
 
-def _mapping(label: str, value: Any) -> dict[str, Any]:
+def _mapping(label: str, value: Any) -> dict[str, Any] | Callable[[], Mapping[str, Any]]:
     if value is None:
         return {}
+    if callable(value):
+        return value  # type: ignore[no-any-return]  # called for every new connection
     if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
         raise ConfigError(
-            f"{label} must be a dict of psycopg2.connect() keyword arguments, got {type(value).__name__}"
+            f"{label} must be a dict of psycopg2.connect() keyword arguments (or a function returning "
+            f"one for each new connection), got {type(value).__name__}"
         )
     return dict(value)
 
@@ -209,7 +217,7 @@ SETTINGS: tuple[Setting, ...] = (
     _setting(
         "dsn",
         None,
-        "connection string or URL",
+        "connection string, URL, or a function returning one",
         _dsn,
         doc="""
         The database: a libpq connection string (``host=db dbname=app user=app``)
@@ -219,6 +227,9 @@ SETTINGS: tuple[Setting, ...] = (
         characters of the user name and password must be percent-encoded (``@`` as
         ``%40``, ``/`` as ``%2F``). The password is never shown: not in errors,
         logs, reprs, the CLI or HTTP responses. Each bind needs a DSN of its own.
+        A function returning one is called for every new connection, so that a
+        rotated password is used as soon as it is out (see the page "Failover and
+        rotating credentials").
         """,
     ),
     _setting(
@@ -348,7 +359,7 @@ SETTINGS: tuple[Setting, ...] = (
     _setting(
         "connect_args",
         {},
-        "dict of psycopg2.connect() arguments",
+        "dict of psycopg2.connect() arguments, or a function returning one",
         _mapping,
         doc="""
         More keyword arguments for ``psycopg2.connect()``: libpq parameters
@@ -358,6 +369,9 @@ SETTINGS: tuple[Setting, ...] = (
         of ``PgPool()``, the app's config winning. A bind takes them too, except
         those that say where and as whom to connect (``host``, ``port``,
         ``dbname``, ``user``, ``password``...) and those its own DSN sets.
+        A function returning them is called for every new connection (an IAM
+        token as the password); it is not merged with a dict, and a bind does
+        not take it.
         """,
     ),
     _setting(
@@ -449,7 +463,8 @@ def _default(name: str) -> Any:
 class PoolSettings:
     """The validated settings of one pool; the defaults are those of :data:`SETTINGS`."""
 
-    dsn: str | None = _DEFAULTS["dsn"]
+    # A function is called for every new connection (rotating passwords, IAM tokens).
+    dsn: str | Callable[[], str] | None = _DEFAULTS["dsn"]
     minconn: int = _DEFAULTS["minconn"]
     maxconn: int = _DEFAULTS["maxconn"]
     timeout: float = _DEFAULTS["timeout"]
@@ -462,7 +477,9 @@ class PoolSettings:
     connect_timeout: int = _DEFAULTS["connect_timeout"]
     network_timeout: float | None = _DEFAULTS["network_timeout"]
     statement_timeout: float | None = _DEFAULTS["statement_timeout"]
-    connect_args: Mapping[str, Any] = field(default_factory=lambda: _default("connect_args"))
+    connect_args: Mapping[str, Any] | Callable[[], Mapping[str, Any]] = field(
+        default_factory=lambda: _default("connect_args")
+    )
     read_only: bool = _DEFAULTS["read_only"]
     configure: Callable[..., None] | None = _DEFAULTS["configure"]
     reset: str | Callable[..., None] | None = _DEFAULTS["reset"]
@@ -472,9 +489,10 @@ class PoolSettings:
     def __repr__(self) -> str:
         # The DSN and the connect arguments may hold a password.
         shown = {f.name: getattr(self, f.name) for f in fields(self)}
-        if self.dsn is not None:
+        if isinstance(self.dsn, str):
             shown["dsn"] = dsnlib.mask_dsn(self.dsn)
-        shown["connect_args"] = dsnlib.mask_args(self.connect_args)
+        if isinstance(self.connect_args, Mapping):
+            shown["connect_args"] = dsnlib.mask_args(self.connect_args)
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
 
@@ -509,7 +527,7 @@ def read_settings(config: Mapping[str, Any], options: Mapping[str, Any]) -> dict
         if setting.key in config:
             from_config = parse(setting.key, config[setting.key])
         if setting.name == "connect_args":
-            values[setting.name] = {**(from_option or {}), **(from_config or {})}
+            values[setting.name] = _merged_args(from_option, from_config)
         elif setting.key in config:
             values[setting.name] = from_config
         elif setting.name in options:
@@ -534,9 +552,27 @@ def read_settings(config: Mapping[str, Any], options: Mapping[str, Any]) -> dict
     return settings
 
 
+def _merged_args(option: Any, config: Any) -> Any:
+    """connect_args of PgPool() and of the config, key by key, the config winning.
+
+    A function (called for every new connection) is not merged with a dict:
+    given both, that is an error; of two functions, the config's wins.
+    """
+    if not callable(option) and not callable(config):
+        return {**(option or {}), **(config or {})}
+    if callable(config) and (callable(option) or not option):
+        return config
+    if callable(option) and not config:
+        return option
+    raise ConfigError(
+        "PGPOOL_CONNECT_ARGS and the PgPool() option 'connect_args' are a dict and a function: a function "
+        "is not merged with a dict; give one of them only (the function may return the dict's arguments too)"
+    )
+
+
 def _bind_settings(bind: str, spec: Any, default: PoolSettings) -> PoolSettings:
     where = f"PGPOOL_BINDS[{bind!r}]"
-    if isinstance(spec, str):
+    if isinstance(spec, str) or callable(spec):
         spec = {"dsn": spec}
     if not isinstance(spec, Mapping):
         raise ConfigError(f"{where} must be a DSN string or a dict of options such as {{'dsn': ..., 'maxconn': 5}}")
@@ -554,10 +590,12 @@ def _bind_settings(bind: str, spec: Any, default: PoolSettings) -> PoolSettings:
         raise ConfigError(f"{where} needs a 'dsn'")
     inherited = {s.name: getattr(default, s.name) for s in _POOL_SETTINGS if s.bind and s.name not in _NOT_INHERITED}
     inherited.update(minconn=_default("minconn"), maxconn=_default("maxconn"), embedded=False)
-    inherited["connect_args"] = {
-        **dsnlib.args_for_another_database(default.connect_args, dsn),
-        **values.pop("connect_args", {}),
-    }
+    # A bind connects as itself: a function giving the main pool's credentials
+    # is not inherited, and a function DSN sets what it sets, unknown here.
+    own_args = values.pop("connect_args", {})
+    shared = default.connect_args if isinstance(default.connect_args, Mapping) else {}
+    from_main = dsnlib.args_for_another_database(shared, dsn if isinstance(dsn, str) else "")
+    inherited["connect_args"] = own_args if callable(own_args) else {**from_main, **own_args}
     settings = replace(default, **{**inherited, **values})
     _checked(lambda: _bind_sizes(where, settings))
     return settings

@@ -9,14 +9,14 @@ pool under its lock.
 from __future__ import annotations
 
 import random
-import threading
-from collections.abc import Callable, Mapping
-from typing import Any, cast
+from collections.abc import Callable
+from typing import Any
 
 from psycopg2.extensions import TRANSACTION_STATUS_IDLE, connection
 
 from . import _dsn as dsnlib
 from . import _timeouts
+from ._credentials import ArgsSource, ConnectParams, DsnSource
 from ._session import close_quietly
 
 __all__ = ["Backoff", "Connector"]
@@ -34,9 +34,9 @@ class Connector:
 
     def __init__(
         self,
-        dsn: str | Callable[[], str],
+        dsn: DsnSource,
         *,
-        connect_args: Mapping[str, Any] | None,
+        connect_args: ArgsSource,
         connect_timeout: int,
         read_only: bool,
         configure: Callable[[connection], None] | None,
@@ -44,56 +44,42 @@ class Connector:
         statement_timeout: float | None = None,
         label: Callable[[str], str] = str,
     ) -> None:
-        self.connect_args = dict(connect_args or {})
         self.connect_timeout = connect_timeout
         self.network_timeout = network_timeout
         self.statement_timeout = statement_timeout
         self._label = label
         self.read_only = read_only
         self.configure = configure
-        self._source = dsn
-        self._dsn: str | None = dsn if isinstance(dsn, str) else None
-        self._kwargs: dict[str, Any] | None = None
-        self._lock = threading.Lock()
-        self.secrets: list[str] = []
-        if self._dsn is not None:
-            self.secrets = dsnlib.secrets_of(self._dsn, self.connect_args)
+        # A callable DSN or connect_args is called for every new connection.
+        self._params = ConnectParams(dsn, connect_args, self._complete)
 
     def after_fork(self) -> None:
-        # Another thread of the parent may have held it at the fork.
-        self._lock = threading.Lock()
+        self._params.after_fork()
 
     @property
     def resolved_dsn(self) -> str | None:
-        """The DSN if it is known yet (a callable one is resolved on first connect)."""
-        return self._dsn
+        """The DSN if it is known yet (the last one a callable returned)."""
+        return self._params.last_dsn
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return self._params.secrets
 
     def params(self) -> tuple[str, dict[str, Any]]:
-        """The DSN (resolved on first use) and the keyword arguments of psycopg2.connect()."""
-        if self._dsn is None or self._kwargs is None:
-            with self._lock:
-                if self._dsn is None:
-                    resolved = cast(Callable[[], str], self._source)()
-                    self.secrets = dsnlib.secrets_of(resolved, self.connect_args)
-                    self._dsn = resolved
-                kwargs = dict(self.connect_args)
-                # A server that does not answer must fail the connect, not hang it.
-                if (
-                    self.connect_timeout
-                    and "connect_timeout" not in kwargs
-                    and "connect_timeout" not in dsnlib.parse(self._dsn)
-                ):
-                    kwargs["connect_timeout"] = self.connect_timeout
-                kwargs.update(
-                    _timeouts.connect_params(
-                        self._dsn,
-                        kwargs,
-                        network_timeout=self.network_timeout,
-                        statement_timeout=self.statement_timeout,
-                    )
-                )
-                self._kwargs = kwargs
-        return self._dsn, self._kwargs
+        """The DSN and the keyword arguments of psycopg2.connect() (a callable is called each time)."""
+        return self._params.resolve()
+
+    def _complete(self, dsn: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """``kwargs`` with the pool's bounds added where neither the DSN nor connect_args set them."""
+        # A server that does not answer must fail the connect, not hang it.
+        if self.connect_timeout and "connect_timeout" not in kwargs and "connect_timeout" not in dsnlib.parse(dsn):
+            kwargs["connect_timeout"] = self.connect_timeout
+        kwargs.update(
+            _timeouts.connect_params(
+                dsn, kwargs, network_timeout=self.network_timeout, statement_timeout=self.statement_timeout
+            )
+        )
+        return kwargs
 
     def connect(self) -> connection:
         """Open and set up one connection (blocking: never under the pool's lock)."""

@@ -188,7 +188,9 @@ def redact(text: str, secrets: Iterable[str]) -> str:
             text = text.replace(form, MASK)
     # A password written into a URL or key=value string we were not told about.
     text = re.sub(r"(postgres(?:ql)?://[^:/@\s]*:)\S*@", rf"\1{MASK}@", text)
-    return re.sub(r"(\b(?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'?|(?:\\.|\S)+)", rf"\1{MASK}", text)
+    # In a URL's query the value ends at the next parameter.
+    text = re.sub(r"([?&](?:ssl)?password=)[^&\s]*", rf"\1{MASK}", text)
+    return re.sub(r"(?<![?&\w])((?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'?|(?:\\.|\S)+)", rf"\1{MASK}", text)
 
 
 def mask_args(args: Mapping[str, object]) -> dict[str, object]:

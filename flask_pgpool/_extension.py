@@ -148,6 +148,19 @@ class PgPool:
         """The stats of one pool; the keys are psycopg_pool's (see the README)."""
         return self.get_pool(name, app).get_stats()
 
+    def drain(self, app: Flask | None = None, name: str | None = None) -> None:
+        """Replace the connections of ``app``'s pools (default: the current app; ``name``: one bind).
+
+        Idle connections are closed now and new ones opened, those in use are
+        closed when their request ends; no request fails because of it. New
+        connections get the credentials of the moment (a callable ``PGPOOL_DSN``
+        or ``PGPOOL_CONNECT_ARGS`` is called for each). Call it from a thread,
+        not from a signal handler.
+        """
+        pools = [self.get_pool(name, app)] if name is not None else list(self._state(app).pools.values())
+        for pool in pools:
+            pool.drain()
+
     def close(self, app: Flask | None = None) -> None:
         """Close the pools of ``app`` (default: the current app). Idempotent."""
         for pool in self._state(app).pools.values():

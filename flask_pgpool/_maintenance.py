@@ -115,7 +115,11 @@ def drain(pool: ConnectionPool) -> None:
         state.idle = [record for record in state.idle if record.generation >= state.generation]
         for record in retiring:
             state.records.pop(id(record.conn), None)
-        count = grow(pool, state, _monotonic())
+        # As many new ones as were idle, so that the next checkouts find one
+        # (a failing server gets one attempt at a time, from grow()).
+        replace = 0 if state.backoff.active or pool.closed else min(len(retiring), pool.maxconn - state.size)
+        state.opening += replace
+        count = replace + grow(pool, state, _monotonic())
     _log.info("pool %r: draining; %d idle connection(s) closed", pool.name, len(retiring))
     spawn(pool, state, count)
     for record in retiring:

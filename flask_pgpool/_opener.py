@@ -72,11 +72,14 @@ def spawn(pool: ConnectionPool, state: ProcessState, count: int) -> None:
 def open_one(pool: ConnectionPool, state: ProcessState) -> None:
     """In a background thread: fill a slot reserved by :meth:`_grow`."""
     started = _monotonic()
+    # A drain() during the connect retires it: it may carry the old credentials.
+    generation = state.generation
     try:
         conn = pool._connector.connect()
         record = ConnectionRecord(
             conn, poller_for(conn), session_of(conn), opened_at=_monotonic(), lifetime=pool.max_lifetime
         )
+        pool._failover.opened(conn, record, started)
     except BaseException as exc:
         connect_failed(pool, state, started, str(exc).strip() or type(exc).__name__)
         return
@@ -93,7 +96,7 @@ def open_one(pool: ConnectionPool, state: ProcessState) -> None:
         state.opening -= 1
         state.counters.connections_num += 1
         state.counters.connections_ms += int(seconds * 1000)
-        record.generation = state.generation
+        record.generation = generation
         # Closed meanwhile, shrunk by resize(), or a process that forked since.
         stale = pool.closed or state.size >= pool.maxconn or state is not pool._state
         count = 0

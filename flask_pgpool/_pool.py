@@ -26,18 +26,20 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from psycopg2.extensions import connection
-from psycopg2.pool import PoolError, ThreadedConnectionPool
+from psycopg2.pool import ThreadedConnectionPool
 
-from . import _checkout, _fork, _housekeeper, _maintenance, _messages
+from . import _checkout, _fork, _housekeeper, _maintenance, _messages, _returning
 from . import _dsn as dsnlib
 from ._connector import Connector
+from ._credentials import ArgsSource, DsnSource
+from ._failover import FailoverGuard
 from ._health import SocketState, quick_state
 from ._record import ConnectionRecord, HealthPolicy
-from ._session import Reset, close_quietly, reset_for_reuse, session_of
+from ._session import Reset, close_quietly, session_of
 from ._state import ProcessState
 from ._stats import STATS_KEYS, Observer, Observers
 from ._timeouts import DEFAULT_NETWORK_TIMEOUT
@@ -69,7 +71,7 @@ class ConnectionPool(ThreadedConnectionPool):
         self,
         minconn: int = 1,
         maxconn: int = 10,
-        dsn: str | Callable[[], str] = "",
+        dsn: DsnSource = "",
         *,
         name: str = "default",
         timeout: float = 10.0,
@@ -84,7 +86,7 @@ class ConnectionPool(ThreadedConnectionPool):
         statement_timeout: float | None = None,
         read_only: bool = False,
         configure: Callable[[connection], None] | None = None,
-        connect_args: Mapping[str, Any] | None = None,
+        connect_args: ArgsSource = None,
         reset: Reset | None = None,
         label: Callable[[str], str] | None = None,
     ) -> None:
@@ -92,9 +94,9 @@ class ConnectionPool(ThreadedConnectionPool):
 
         ``minconn`` connections are kept open once the pool is in use, at most
         ``maxconn`` are ever open. ``dsn`` is a libpq connection string or URL,
-        or a function returning one (called on first use). A checkout waits up
-        to ``timeout`` seconds; at most ``max_waiting`` checkouts wait (0: no
-        limit). Idle connections above ``minconn`` close after ``max_idle``
+        or a function returning one (called for every new connection). A
+        checkout waits up to ``timeout`` seconds; at most ``max_waiting``
+        checkouts wait (0: no limit). Idle connections above ``minconn`` close after ``max_idle``
         seconds, every connection after ``max_lifetime`` (with jitter). With
         ``health_check``, a checkout looks at the socket (no round trip) and
         pings a connection idle for ``ping_after`` seconds (None: never, 0:
@@ -104,7 +106,8 @@ class ConnectionPool(ThreadedConnectionPool):
         went silent (TCP keepalives and ``tcp_user_timeout``; None or 0: off);
         ``statement_timeout`` has the server cancel longer statements (None:
         off). ``read_only`` makes every transaction read-only.
-        ``configure(conn)`` runs on each new connection, ``connect_args`` go to
+        ``configure(conn)`` runs on each new connection, ``connect_args`` (a
+        dict, or a function returning one for every new connection) go to
         ``psycopg2.connect()``. ``reset`` runs on each returned connection: SQL
         such as ``"DISCARD ALL"`` or a function given the connection.
         ``label(option)`` names an option in messages (the Flask extension
@@ -144,6 +147,8 @@ class ConnectionPool(ThreadedConnectionPool):
             statement_timeout=statement_timeout,
             label=self._label,
         )
+        # Failover: connections whose server stopped taking writes are not handed out.
+        self._failover = FailoverGuard(name, enabled=not read_only, timeout=self._ping_limit)
         self._observers = Observers(name)
         self._housekeeper = _housekeeper.Housekeeper(self)
         self._state = ProcessState()
@@ -242,7 +247,7 @@ class ConnectionPool(ThreadedConnectionPool):
         if record is not None and not close and self._clean(record):
             now = _monotonic()
             with state.lock:
-                record = self._checked_out_record(state, conn, key)
+                record = _returning.checked_out_record(self, state, conn, key)
                 kept = self._keep(state, record, now)
                 if kept:
                     self._release(state, record)
@@ -252,35 +257,18 @@ class ConnectionPool(ThreadedConnectionPool):
                 if self._observers.callbacks:
                     self._observers.notify("return", now - record.checked_out_at)
                 return
-        self._putconn_slow(state, conn, key, close)
-
-    def _putconn_slow(self, state: ProcessState, conn: connection | None, key: Hashable | None, close: bool) -> None:
-        """Return a connection that needs work (a rollback, a reset) or must be closed."""
-        with state.lock:
-            record = self._checked_out_record(state, conn, key)
-            self._release(state, record)  # nobody can return it twice from here on
-        keep = False
-        try:
-            keep = not (close or self.closed) and self._reset(record)
-        finally:
-            now = _monotonic()
-            with state.lock:
-                keep = keep and self._keep(state, record, now)
-                if keep:
-                    record.last_used = now
-                    self._give_back(state, record)
-                else:
-                    self._forget(state, record)
-            if not keep:
-                self._close(record.conn)
-        if self._observers.callbacks:
-            self._observers.notify("return", now - record.checked_out_at)
+        _returning.putconn_slow(self, state, conn, key, close)
 
     def _clean(self, record: ConnectionRecord) -> bool:
         """Outside the lock, without a round trip or a system call: can the
         connection go back as it is? (The next checkout looks at its socket.)"""
         conn = record.conn
-        return self.reset is None and quick_state(conn) is SocketState.QUIET and session_of(conn) == record.session
+        return (
+            self.reset is None
+            and quick_state(conn) is SocketState.QUIET
+            and session_of(conn) == record.session
+            and not (record.idle_watched and self._failover.reports_read_only(conn))
+        )
 
     def _keep(self, state: ProcessState, record: ConnectionRecord, now: float) -> bool:
         """Under the lock: may a returned connection in good order stay in the pool?"""
@@ -296,39 +284,6 @@ class ConnectionPool(ThreadedConnectionPool):
         if record.key is not None:
             del state.keys[record.key]
             record.key = None
-
-    def _checked_out_record(
-        self, state: ProcessState, conn: connection | None, key: Hashable | None
-    ) -> ConnectionRecord:
-        """Under the lock: the record of a connection being returned, or a clear PoolError."""
-        if conn is None:
-            record = state.keys.get(key) if key is not None else None
-            if record is None:
-                raise PoolError(f"pool {self.name!r}: putconn() needs a connection, or the key it was checked out with")
-            return record
-        record = state.records.get(id(conn))
-        if record is None or record.conn is not conn or not record.in_use or (key is not None and record.key != key):
-            raise PoolError(
-                f"pool {self.name!r}: this connection is not checked out from this pool "
-                "(already returned, opened elsewhere, or inherited from a parent process)"
-            )
-        return record
-
-    def _reset(self, record: ConnectionRecord) -> bool:
-        """Outside the lock: make a returned connection reusable, or say it is not."""
-        conn = record.conn
-        try:
-            reset_for_reuse(conn, record.session, self._ping_limit, self.reset, self._connector.configure)
-        except Exception as exc:
-            with self._state.lock:
-                self._state.counters.returns_bad += 1
-            _log.info(
-                "pool %r: discarded a connection returned broken: %s",
-                self.name,
-                self._connector.redact(str(exc).strip() or type(exc).__name__),
-            )
-            return False
-        return True
 
     def _give_back(self, state: ProcessState, record: ConnectionRecord) -> None:
         """Under the lock: hand a healthy connection to the first waiter, or make it idle."""
@@ -365,7 +320,6 @@ class ConnectionPool(ThreadedConnectionPool):
         """Outside the lock: close a connection that leaves the pool (bounded in time)."""
         close_quietly(conn, self._ping_limit)
 
-
     # -- managing the pool ---------------------------------------------------
 
     def closeall(self) -> None:
@@ -391,9 +345,15 @@ class ConnectionPool(ThreadedConnectionPool):
         _maintenance.check(self)
 
     def drain(self) -> None:
-        """Retire every connection open now: idle ones at once, the others when
-        they are returned; new ones are opened as needed. Nothing fails
-        because of it."""
+        """Retire every connection open or being opened now: idle ones at once
+        (as many new ones are opened), the others when they are returned.
+
+        New connections get the credentials of the moment (a callable DSN or
+        ``connect_args`` is called for each). Nothing fails because of it: a
+        checkout waits for a new connection as it would for a returned one.
+        Returns at once; it takes the pool's lock, so call it from a thread,
+        not from a signal handler.
+        """
         _maintenance.drain(self)
 
     # -- stats and observers ---------------------------------------------------
@@ -442,12 +402,12 @@ class ConnectionPool(ThreadedConnectionPool):
 
     @property
     def dsn(self) -> str:
-        """The connection string with its password masked."""
+        """The connection string with its password masked (the last one used, if it is a callable)."""
         dsn = self._connector.resolved_dsn
         return "<not resolved yet>" if dsn is None else dsnlib.mask_dsn(dsn)
 
     def connection_string(self) -> str:
-        """The real connection string (resolved on first call). Keep it secret."""
+        """The real connection string (a callable is called). Keep it secret."""
         return self._connector.params()[0]
 
     def connect_params(self) -> tuple[str, dict[str, Any]]:
@@ -473,5 +433,6 @@ class ConnectionPool(ThreadedConnectionPool):
         inherited = list(self._state.records.values())
         self._state = ProcessState()
         self._connector.after_fork()
+        self._failover.after_fork()
         self._housekeeper = _housekeeper.Housekeeper(self)
         _fork.release_sockets(record.conn for record in inherited)

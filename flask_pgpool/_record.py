@@ -63,14 +63,17 @@ class ConnectionRecord:
         "conn",
         "expires",
         "generation",
+        "idle_watched",
         "in_use",
         "key",
         "last_used",
         "leak_reported",
+        "on_primary",
         "opened_at",
         "poller",
         "session",
         "stack",
+        "verified_at",
     )
 
     def __init__(
@@ -95,15 +98,30 @@ class ConnectionRecord:
         self.key: Any = None  # the key of a keyed getconn(), else None
         self.stack: traceback.StackSummary | None = None
         self.leak_reported = False
+        # Failover (see _failover): opened on a server that took writes, and
+        # when that was last known to hold (opened, or pinged since); whether a
+        # return in idle state is looked at too (autocommit).
+        self.on_primary = False
+        self.verified_at = opened_at
+        self.idle_watched = False
 
     def checkout_verdict(
-        self, now: float, socket: SocketState, policy: HealthPolicy, *, suspect_before: float, generation: int
+        self,
+        now: float,
+        socket: SocketState,
+        policy: HealthPolicy,
+        *,
+        suspect_before: float,
+        generation: int,
+        verify_before: float = float("-inf"),
     ) -> Verdict:
         """May this idle connection be handed out, given what its socket shows?
 
         ``suspect_before``: connections last used before then may have died
         unseen (an older one was found dead). ``generation``: the pool's
-        current drain() count.
+        current drain() count. ``verify_before``: connections not verified
+        since then may point at a server that no longer takes writes (a
+        failover was detected); they are pinged even without health checks.
         """
         if now >= self.expires:
             return Verdict.EXPIRED
@@ -111,6 +129,8 @@ class ConnectionRecord:
             return Verdict.RETIRED
         if socket is SocketState.DEAD:
             return Verdict.DEAD
+        if self.verified_at < verify_before:
+            return Verdict.PING
         if not policy.health_check:
             return Verdict.USE
         if socket is SocketState.UNSURE or self.last_used <= suspect_before:

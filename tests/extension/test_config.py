@@ -107,7 +107,7 @@ def test_defaults() -> None:
     s = settings()
     assert (s.minconn, s.maxconn, s.timeout, s.max_waiting) == (1, 10, 10.0, 0)
     assert (s.max_idle, s.max_lifetime, s.health_check, s.ping_after) == (600.0, 3600.0, True, 30.0)
-    assert (s.leak_timeout, s.connect_timeout, dict(s.connect_args)) == (None, 5, {})
+    assert (s.leak_timeout, s.connect_timeout, s.connect_args) == (None, 5, {})
     assert (s.network_timeout, s.statement_timeout) == (30.0, None)
     assert (s.read_only, s.configure, s.retry_after, s.embedded) == (False, None, 1, False)
 

@@ -100,6 +100,24 @@ def test_the_first_host_answers_then_the_second_when_it_is_down(
     assert PASSWORD not in text and quote(PASSWORD, safe="") not in text
 
 
+def test_status_names_why_each_host_failed(
+    make_app: Callable[..., Flask], clusters: tuple[PgCluster, PgCluster]
+) -> None:
+    """A failover shows in the second host's reason: the one-line error keeps every host's."""
+    a, b = clusters
+    a.stop()
+    set_read_only(b, True)
+    app = make_app(PGPOOL_DSN=keyvalue_dsn(a, b, target_session_attrs="read-write"), PGPOOL_CONNECT_TIMEOUT=2)
+    result = app.test_cli_runner().invoke(args=["pgpool-status", "--timeout", "3"])
+    assert result.exit_code == 1
+    report = app.test_cli_runner().invoke(args=["pgpool-status", "--json", "--timeout", "3"])
+    error = json.loads(report.stdout)["pools"]["default"]["error"]
+    assert "\n" not in error
+    assert f"port {a.port} failed" in error and f"port {b.port} failed" in error, error
+    assert "read-only" in error
+    assert PASSWORD not in result.output + error
+
+
 @pytest.mark.parametrize("form", ["keyvalue", "url"])
 def test_read_write_target_skips_a_read_only_server(
     make_app: Callable[..., Flask], clusters: tuple[PgCluster, PgCluster], form: str

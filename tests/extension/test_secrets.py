@@ -26,6 +26,7 @@ from flask import Flask
 from psycopg2.extensions import make_dsn, parse_dsn
 
 from flask_pgpool import ConfigError, PgPool, get_db
+from flask_pgpool import _dsn as dsnlib
 
 PASSWORD = "S3cr3t-p@ss/word"
 ENCODED = quote(PASSWORD, safe="")  # S3cr3t-p%40ss%2Fword
@@ -371,3 +372,11 @@ def test_keyvalue_password_with_quotes_and_backslashes_is_masked_whole(
         for part in ("Zq9", "secret", "it\\'s", "it's"):
             assert part not in text, text
     app.extensions["pgpool"].close(app)
+
+
+def test_redact_keeps_what_follows_a_password_in_a_url_query() -> None:
+    """A password we were not told about is masked, and the rest of the text stays readable."""
+    text = "connecting to postgresql://app@db1,db2/app?password=hunter2&target_session_attrs=read-write failed"
+    shown = dsnlib.redact(text, [])
+    assert "hunter2" not in shown
+    assert shown.endswith("?password=***&target_session_attrs=read-write failed")

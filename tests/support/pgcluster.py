@@ -97,6 +97,13 @@ logging_collector = off
 log_line_prefix = '%m [%p] %q%u@%d '
 """
 
+# Where a standby listens: its copy of the primary's postgresql.conf names the primary's.
+_ADDRESS_SETTINGS = """
+listen_addresses = '{host}'
+port = {port}
+unix_socket_directories = '{socket_dir}'
+"""
+
 
 class PgClusterError(RuntimeError):
     """A PostgreSQL command (initdb, pg_ctl) failed; the message has its output."""
@@ -212,13 +219,70 @@ class PgCluster:
     # ------------------------------------------------------------------ creation
 
     @classmethod
-    def create(cls, base_dir: Path, *, port: int | None = None, start: bool = True, **options: Any) -> PgCluster:
+    def create(
+        cls, base_dir: Path, *, port: int | None = None, start: bool = True, settings: str = "", **options: Any
+    ) -> PgCluster:
         """initdb a new cluster in ``base_dir/pgdata`` and (by default) start it.
 
         ``base_dir`` is created if needed; ``base_dir/pgdata`` must not exist or be
-        empty.  On failure everything created so far is removed again.
+        empty.  ``settings`` (postgresql.conf lines) are added after the test
+        settings.  On failure everything created so far is removed again.
         ``options`` (``host``, ``launcher``) go to the constructor.
         """
+        cluster = cls._in(base_dir, port, **options)
+        try:
+            cluster.init()
+            if settings:
+                cluster.append_settings(settings)
+            if start:
+                cluster.start()
+        except BaseException:
+            cluster.destroy()
+            raise
+        return cluster
+
+    @classmethod
+    def create_standby(cls, base_dir: Path, primary: PgCluster, *, start: bool = True) -> PgCluster:
+        """A streaming standby of ``primary`` (``pg_basebackup -R``), on a port of its own.
+
+        ``primary`` must run with replication enabled (``wal_level = replica``,
+        ``max_wal_senders`` > 0, as :mod:`support.replication` sets up).
+        """
+        cluster = cls._in(base_dir, None)
+        try:
+            cluster._prepare_dirs()
+            cluster._run(
+                "pg_basebackup",
+                "-D",
+                str(cluster._data_dir),
+                "-R",  # standby.signal and primary_conninfo
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "-h",
+                primary.host,
+                "-p",
+                str(primary.port),
+                "-U",
+                DB_USER,
+                "--no-sync",
+                timeout=120.0,
+            )
+            # The copy of the primary's postgresql.conf names its port and socket.
+            cluster.append_settings(
+                _ADDRESS_SETTINGS.format(host=cluster._host, port=cluster._port, socket_dir=cluster._socket_dir)
+            )
+            if start:
+                cluster.start()
+        except BaseException:
+            cluster.destroy()
+            raise
+        return cluster
+
+    @classmethod
+    def _in(cls, base_dir: Path, port: int | None, **options: Any) -> PgCluster:
+        """A cluster whose data directory will be ``base_dir/pgdata`` (nothing created in it yet)."""
         base_dir = Path(base_dir)
         base_dir.mkdir(parents=True, exist_ok=True)
         data_dir = base_dir / "pgdata"
@@ -234,27 +298,17 @@ class PgCluster:
         cluster = cls(data_dir, port=port, **options)
         cluster._private_root = private_root
         cluster._link = base_dir / "pgdata" if private_root is not None else None
-        try:
-            cluster.init()
-            if start:
-                cluster.start()
-        except BaseException:
-            cluster.destroy()
-            raise
         return cluster
+
+    def append_settings(self, settings: str) -> None:
+        """Add lines to postgresql.conf (they win over earlier ones); a reload or restart applies them."""
+        # Root may write to the pgserver-owned file; its ownership is unchanged.
+        with (self._data_dir / "postgresql.conf").open("a", encoding="utf-8") as conf:
+            conf.write("\n" + settings.strip("\n") + "\n")
 
     def init(self) -> None:
         """Run initdb and write the test settings into postgresql.conf."""
-        self._check_binaries_accessible()
-        self._data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._socket_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
-        self._socket_dir.chmod(0o755)  # mkdtemp makes it 0700; let any client in
-        if self._run_as is not None:
-            uid, gid = self._run_as
-            _grant_traverse(self._data_dir)
-            _grant_traverse(self._socket_dir)
-            os.chown(self._data_dir, uid, gid)
-            os.chown(self._socket_dir, uid, gid)
+        self._prepare_dirs()
         self._run(
             "initdb",
             "--auth=trust",
@@ -276,6 +330,19 @@ class PgCluster:
             # initdb trusts loopback clients only; let in the listen address's own subnet.
             with (self._data_dir / "pg_hba.conf").open("a", encoding="utf-8") as hba:
                 hba.write("host all all samenet trust\n")
+
+    def _prepare_dirs(self) -> None:
+        """Create the data and socket directories, owned by the server's user."""
+        self._check_binaries_accessible()
+        self._data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._socket_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+        self._socket_dir.chmod(0o755)  # mkdtemp makes it 0700; let any client in
+        if self._run_as is not None:
+            uid, gid = self._run_as
+            _grant_traverse(self._data_dir)
+            _grant_traverse(self._socket_dir)
+            os.chown(self._data_dir, uid, gid)
+            os.chown(self._socket_dir, uid, gid)
 
     # ------------------------------------------------------------------ properties
 
@@ -398,6 +465,20 @@ class PgCluster:
         """Stop (with ``mode``) and start again; every open connection dies."""
         self.stop(mode, timeout)
         self.start(timeout)
+
+    def promote(self, timeout: float = 30.0) -> None:
+        """End recovery: a standby becomes a primary; returns once it accepts writes."""
+        self._run(
+            "pg_ctl",
+            "promote",
+            "-D",
+            str(self._data_dir),
+            "-w",
+            "-t",
+            str(max(1, int(timeout))),
+            "-s",
+            timeout=timeout + 5.0,
+        )
 
     def destroy(self) -> None:
         """Stop the server (immediately) and delete its data and socket dirs.
