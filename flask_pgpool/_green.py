@@ -1,4 +1,4 @@
-"""Running under gevent: psycopg2 made cooperative, and what the pool needs unpatched.
+"""Running under gevent: psycopg2 made cooperative, and setups that would block refused.
 
 psycopg2 is a C extension that gevent cannot patch: without a wait callback
 every query blocks the whole process, all greenlets with it. When gevent has
@@ -13,7 +13,6 @@ that does not use gevent pays nothing.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import sys
 import time
@@ -22,7 +21,7 @@ from typing import Any
 import psycopg2
 from psycopg2 import extensions
 
-__all__ = ["GeventSetupError", "ensure_cooperative", "gevent_wait", "patch_pending", "unpatched"]
+__all__ = ["GeventSetupError", "ensure_cooperative", "gevent_wait", "patch_pending"]
 
 _log = logging.getLogger("flask_pgpool")
 
@@ -32,19 +31,6 @@ _MIN_CONNECT_TIMEOUT = 2.0
 
 class GeventSetupError(RuntimeError):
     """gevent has patched the process in a way that would block every greenlet."""
-
-
-def unpatched(module: str, name: str) -> Any:
-    """The standard library's own ``module.name``, even after gevent has patched it.
-
-    The socket check must stay a non-blocking system call: gevent's
-    replacements wait on its hub (a switch per checkout) or set libpq's socket
-    non-blocking.
-    """
-    monkey = sys.modules.get("gevent.monkey")
-    if monkey is not None:
-        return monkey.get_original(module, name)
-    return getattr(importlib.import_module(module), name)
 
 
 def _patched(monkey: Any, module: str) -> bool:
