@@ -224,10 +224,15 @@ def chart(results: dict[str, Any], path: Path) -> bool:
                         color="#b00000",
                     )
     m = results["machine"]
-    fig.suptitle(
-        f"flask-pgpool vs alternatives - {m['cpu']}, {m['cores']} cores, PostgreSQL {m['pg_short']}", fontsize=10
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, f"flask-pgpool vs alternatives - {m['cpu']}, {m['cores']} cores, PostgreSQL {m['pg_short']}", path)
     return True
+
+
+def save_figure(fig: Any, title: str, path: Path, dpi: int = 100) -> None:
+    """Title the figure, lay it out, write it as PNG and free it."""
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)

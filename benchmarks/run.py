@@ -6,7 +6,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -17,7 +16,9 @@ from typing import Any
 from .apps import LIMIT, VARIANTS
 from .database import open_database
 from .load import wrk_path
+from .machine import describe
 from .micro import run_micro
+from .options import names_from
 from .report import chart, markdown, targets
 from .scenarios import Plan, run_restart, run_throughput
 
@@ -42,7 +43,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         type=Path,
         help="results directory (default benchmarks/results, benchmarks/results/raw/quick with --quick)",
     )
-    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, from: " + ", ".join(VARIANTS))
+    ap.add_argument(
+        "--variants",
+        type=names_from(VARIANTS, "variant(s)"),
+        default=",".join(VARIANTS),
+        help="comma-separated, from: " + ", ".join(VARIANTS),
+    )
     ap.add_argument("--scenarios", default="steady,overload,restart,micro")
     ap.add_argument("--maxconn", type=int, default=4, help="pool size per worker = threads per worker (steady)")
     ap.add_argument("--workers", type=int, default=2, help="gunicorn workers")
@@ -53,39 +59,16 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _machine(db_version: str) -> dict[str, Any]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     try:
         wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split()[1]
     except (OSError, IndexError):
         wrk = "not installed"
-    load = os.getloadavg()
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "postgres": db_version,
-        "pg_short": db_version.split()[1] if db_version.startswith("PostgreSQL") else db_version,
-        "os": platform.platform(),
-        "gunicorn": metadata.version("gunicorn"),
-        "wrk": wrk,
-        "note": f"load average at start {load[0]:.1f} (the machine may be shared: expect noise)",
-    }
+    return {**describe(db_version), "gunicorn": metadata.version("gunicorn"), "wrk": wrk}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown:
-        _log(f"unknown variant(s): {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
-        return 2
+    variants: list[str] = args.variants
     scenarios = {s.strip() for s in args.scenarios.split(",")}
     out = args.out or (_RESULTS / "raw" / "quick" if args.quick else _RESULTS)
     out.mkdir(parents=True, exist_ok=True)

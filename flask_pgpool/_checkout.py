@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from ._pool import ConnectionPool
     from ._state import ProcessState
 
-__all__ = ["check_out", "getconn_keyed", "wait_for_connection"]
+__all__ = ["check_out", "count_wait", "getconn_keyed", "wait_for_connection"]
 
 _log = logging.getLogger("flask_pgpool")
 _monotonic = time.monotonic
@@ -91,12 +91,7 @@ def check_out(
     try:
         socket = peek_state(conn, record.poller) if pool._health.health_check else quick_state(conn)
         verdict = record.checkout_verdict(
-            now,
-            socket,
-            pool._health,
-            suspect_before=state.suspect_before,
-            generation=state.generation,
-            verify_before=pool._failover.suspect_before,
+            now, socket, pool._health, state.suspect_before, state.generation, pool._failover.suspect_before
         )
         if verdict is Verdict.PING:
             budget = ping_budget(deadline - now, pool._ping_limit, state.round_trip)
@@ -135,7 +130,7 @@ def _ping(state: ProcessState, conn: connection, budget: float) -> bool:
 
 def wait_for_connection(pool: ConnectionPool, state: ProcessState, started: float, limit: float) -> ConnectionRecord:
     """Queue until a connection is handed over or opened, then check it out."""
-    waiter = state.waiters.ticket(started + limit)
+    waiter = state.waiters.ticket(started, started + limit)
     try:
         while True:
             with state.lock:
@@ -147,10 +142,7 @@ def wait_for_connection(pool: ConnectionPool, state: ProcessState, started: floa
                 if record is None:
                     break  # nudged: look again under the lock
             if record is not None and check_out(pool, state, record, _monotonic(), waiter.deadline):
-                if waiter.queued:
-                    with state.lock:
-                        state.counters.requests_wait_ms += int((_monotonic() - started) * 1000)
-                return record
+                return record  # its wait was counted when it got the connection (see count_wait)
             # Otherwise it timed out, was nudged, or its connection was dead or
             # handed on: the next step decides, and the waiter keeps its place.
     except (PoolTimeout, TooManyRequests) as exc:
@@ -195,6 +187,7 @@ def next_step(pool: ConnectionPool, state: ProcessState, waiter: Waiter, limit: 
         state.waiters.leave(waiter)
         record = state.idle.pop()
         record.in_use = True
+        count_wait(state, waiter, now)
         return record
     if not waiter.in_queue:
         if waiter.joined:
@@ -211,6 +204,15 @@ def next_step(pool: ConnectionPool, state: ProcessState, waiter: Waiter, limit: 
         state.counters.requests_queued += 1
     waiter.sleep = wait_time(pool, state, waiter, now, give_up)
     return None
+
+
+def count_wait(state: ProcessState, waiter: Waiter, now: float) -> None:
+    """Under the lock, as a waiter gets a connection: add its wait to
+    requests_wait_ms (if it had to wait for a return), in the lock section
+    that hands the connection over rather than one of its own."""
+    if waiter.queued:
+        state.counters.requests_wait_ms += (now - waiter.counted_from) * 1000
+    waiter.counted_from = now
 
 
 def give_up_at(pool: ConnectionPool, state: ProcessState, waiter: Waiter, now: float) -> float:

@@ -2,7 +2,9 @@
 
 ``os.register_at_fork`` resets every pool in the child; a pid check in the
 pool catches a fork that bypassed Python's hooks (a C extension or an
-embedding server calling ``fork()`` directly).
+embedding server calling ``fork()`` directly). In a child that gevent is about
+to patch (a gunicorn gevent worker), the pool's state is made again on first
+use, after the patch.
 
 The child never uses its parent's connections, and never closes them the
 usual way either: ``close()`` would send a Terminate message and end the
@@ -22,6 +24,8 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from psycopg2.extensions import connection
+
+from . import _green
 
 if TYPE_CHECKING:
     from ._pool import ConnectionPool
@@ -64,9 +68,15 @@ def release_sockets(conns: Iterable[connection]) -> None:
 def _after_fork_in_child() -> None:
     global _lock
     _lock = threading.Lock()  # maybe held by a parent thread at the fork
+    # A gunicorn gevent worker patches threading after the fork: a state made
+    # now would hold the standard library's locks and thread-locals, which
+    # block or are shared by every greenlet. It is made again on first use.
+    provisional = _green.patch_pending()
     for pool in list(_pools):
         with contextlib.suppress(Exception):
             pool._after_fork()
+            if provisional:
+                pool._state.pid = 0
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

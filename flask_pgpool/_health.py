@@ -177,23 +177,37 @@ class _Timers:
 
     def __init__(self) -> None:
         self._reset()
+        self._pid = 0  # no thread in this process yet
 
     def _reset(self) -> None:
         self._cond = threading.Condition(threading.Lock())
         self.lock = self._cond  # guards the heap and every watchdog's state
         self._heap: list[tuple[float, int, Watchdog]] = []
         self._order = itertools.count()
-        self._pid = 0  # no thread in this process yet
 
     def add(self, deadline: float, watchdog: Watchdog) -> None:
+        if self._pid != os.getpid():
+            self._start_in_this_process()
         with self._cond:
-            if self._pid != os.getpid():
-                self._pid = os.getpid()
-                threading.Thread(target=self._run, name="flask-pgpool-watchdog", daemon=True).start()
             sooner = not self._heap or deadline < self._heap[0][0]
             heapq.heappush(self._heap, (deadline, next(self._order), watchdog))
             if sooner:
                 self._cond.notify()
+
+    def _start_in_this_process(self) -> None:
+        """Fresh state and a thread, on the first watchdog of a process.
+
+        Made then, not in the fork hook: a gunicorn gevent worker patches
+        threading after the fork, and the lock must then be gevent's. The
+        thread starts outside every lock: under gevent, starting it switches
+        to other greenlets.
+        """
+        with _start_lock:
+            if self._pid == os.getpid():
+                return
+            self._reset()
+            self._pid = os.getpid()
+        threading.Thread(target=self._run, name="flask-pgpool-watchdog", daemon=True).start()
 
     def _run(self) -> None:
         with self._cond:
@@ -209,5 +223,14 @@ class _Timers:
 
 
 _timers = _Timers()
-# A child starts without the parent's thread, and maybe with its lock held.
-os.register_at_fork(after_in_child=_timers._reset)
+_start_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    # The parent's timer thread is gone and may have held its locks at the fork;
+    # the child's first watchdog starts afresh (see _Timers.add).
+    global _start_lock
+    _start_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

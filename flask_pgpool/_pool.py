@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Hashable
 from typing import Any
 
-from psycopg2.extensions import connection
+from psycopg2.extensions import TRANSACTION_STATUS_IDLE, connection
 from psycopg2.pool import ThreadedConnectionPool
 
 from . import _checkout, _fork, _housekeeper, _maintenance, _messages, _returning
@@ -37,7 +37,6 @@ from . import _dsn as dsnlib
 from ._connector import Connector
 from ._credentials import ArgsSource, DsnSource
 from ._failover import FailoverGuard
-from ._health import SocketState, quick_state
 from ._record import ConnectionRecord, HealthPolicy
 from ._session import Reset, close_quietly, session_of
 from ._state import ProcessState
@@ -49,6 +48,7 @@ __all__ = ["STATS_KEYS", "ConnectionPool"]
 
 _log = logging.getLogger("flask_pgpool")
 _monotonic = time.monotonic
+_IDLE = TRANSACTION_STATUS_IDLE
 _getpid = os.getpid
 
 # A checkout that finds the database down (the last connect failed and no
@@ -241,34 +241,41 @@ class ConnectionPool(ThreadedConnectionPool):
         # without Python's fork hooks, the first getconn() resets the pool, and
         # a connection inherited from the parent is then unknown here.
         state = self._state
-        record = state.records.get(id(conn)) if conn is not None else None
         # The common case, in one lock section: a connection returned as it
-        # was handed out (nothing to roll back or restore, its socket quiet).
-        if record is not None and not close and self._clean(record):
+        # was handed out (nothing to roll back or restore). Written out flat,
+        # for it runs on every request: it is _keep(), _release() and
+        # _give_back(), which the slow path uses.
+        record = state.records.get(id(conn)) if conn is not None and key is None and not close else None
+        if (
+            record is not None
+            and self.reset is None
+            and not record.conn.closed
+            and record.conn.get_transaction_status() == _IDLE
+            and session_of(record.conn) == record.session
+            and not (record.idle_watched and self._failover.reports_read_only(record.conn))
+        ):
             now = _monotonic()
             with state.lock:
-                record = _returning.checked_out_record(self, state, conn, key)
-                kept = self._keep(state, record, now)
+                kept = (
+                    record.in_use  # else returned twice: the slow path says so
+                    and record.key is None
+                    and not self.closed
+                    and now < record.expires
+                    and record.generation >= state.generation
+                    and len(state.records) + state.opening <= self.maxconn
+                )
                 if kept:
-                    self._release(state, record)
+                    record.in_use = False
                     record.last_used = now
-                    self._give_back(state, record)
+                    if state.waiters:
+                        self._give_back(state, record)
+                    else:
+                        state.idle.append(record)
             if kept:
                 if self._observers.callbacks:
                     self._observers.notify("return", now - record.checked_out_at)
                 return
         _returning.putconn_slow(self, state, conn, key, close)
-
-    def _clean(self, record: ConnectionRecord) -> bool:
-        """Outside the lock, without a round trip or a system call: can the
-        connection go back as it is? (The next checkout looks at its socket.)"""
-        conn = record.conn
-        return (
-            self.reset is None
-            and quick_state(conn) is SocketState.QUIET
-            and session_of(conn) == record.session
-            and not (record.idle_watched and self._failover.reports_read_only(conn))
-        )
 
     def _keep(self, state: ProcessState, record: ConnectionRecord, now: float) -> bool:
         """Under the lock: may a returned connection in good order stay in the pool?"""
@@ -291,7 +298,9 @@ class ConnectionPool(ThreadedConnectionPool):
             state.idle.append(record)
             return
         record.in_use = True  # before the hand-over: the waiter takes it without the lock
-        state.waiters.hand_over(record)
+        waiter = state.waiters.hand_over(record)
+        if waiter is not None and waiter.queued:
+            _checkout.count_wait(state, waiter, _monotonic())
         if state.backoff.active:
             # The new first in line owns the backoff timer now.
             state.waiters.wake_first()

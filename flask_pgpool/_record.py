@@ -110,7 +110,6 @@ class ConnectionRecord:
         now: float,
         socket: SocketState,
         policy: HealthPolicy,
-        *,
         suspect_before: float,
         generation: int,
         verify_before: float = float("-inf"),

@@ -12,6 +12,7 @@ import os
 import threading
 from collections.abc import Hashable
 
+from . import _green
 from ._connector import Backoff
 from ._record import ConnectionRecord
 from ._stats import Counters
@@ -39,6 +40,9 @@ class ProcessState:
     )
 
     def __init__(self) -> None:
+        # Before any lock is made: in a process gevent patched, psycopg2 must
+        # wait through gevent, and a half-patched process is refused.
+        _green.ensure_cooperative()
         self.pid = os.getpid()
         self.lock = threading.Lock()
         # Every open connection of the pool, idle or not, by id(connection):

@@ -54,12 +54,13 @@ class Counters:
             setattr(self, key, 0)
 
     def as_dict(self) -> dict[str, int]:
+        # requests_wait_ms adds up fractions of a millisecond: shown rounded down.
         return {key: int(getattr(self, key)) for key in COUNTERS}
 
     # Declared for the type checker; set in reset().
     requests_num: int
     requests_queued: int
-    requests_wait_ms: int
+    requests_wait_ms: float
     requests_errors: int
     returns_bad: int
     connections_num: int

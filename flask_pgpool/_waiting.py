@@ -32,6 +32,7 @@ class Waiter:
 
     __slots__ = (
         "_signal",
+        "counted_from",
         "deadline",
         "down_since",
         "failures_seen",
@@ -50,10 +51,11 @@ class Waiter:
         self.signalled = False
         self.record: ConnectionRecord | None = None  # set by a hand-over
         self.in_queue = False
-        self.start(0.0)
+        self.start(0.0, 0.0)
 
-    def start(self, deadline: float) -> None:
-        """Begin a new checkout that gives up at ``deadline``."""
+    def start(self, started: float, deadline: float) -> None:
+        """Begin a new checkout, started at ``started``, that gives up at ``deadline``."""
+        self.counted_from = started  # its wait until then is in requests_wait_ms
         self.deadline = deadline
         self.joined = False  # has been in the queue during this checkout
         self.queued = False  # counted in requests_queued (once per checkout)
@@ -114,12 +116,12 @@ class WaitQueue(collections.deque[Waiter]):
         super().__init__()
         self._local = threading.local()
 
-    def ticket(self, deadline: float) -> Waiter:
+    def ticket(self, started: float, deadline: float) -> Waiter:
         """The calling thread's waiter, ready for a new checkout (not queued yet)."""
         waiter: Waiter | None = getattr(self._local, "waiter", None)
         if waiter is None:
             waiter = self._local.waiter = Waiter()
-        waiter.start(deadline)
+        waiter.start(started, deadline)
         return waiter
 
     def enqueue(self, waiter: Waiter) -> None:
@@ -151,14 +153,14 @@ class WaitQueue(collections.deque[Waiter]):
         """The waiters, first in line first."""
         return list(self)
 
-    def hand_over(self, record: ConnectionRecord) -> bool:
-        """Give ``record`` to the first waiter; False if nobody waits."""
+    def hand_over(self, record: ConnectionRecord) -> Waiter | None:
+        """Give ``record`` to the first waiter and return it; None if nobody waits."""
         if not self:
-            return False
+            return None
         waiter = self.popleft()
         waiter.in_queue = False
         waiter.wake(record)
-        return True
+        return waiter
 
     def wake_first(self) -> None:
         """Wake the first waiter to look again (a slot was freed, a backoff ended...)."""

@@ -141,7 +141,7 @@ def test_wait_queue_is_first_come_first_served(ops: list[str]) -> None:
             rec = record(0, 1, 0)
             rec.key = number
             handed = queue.hand_over(rec)
-            assert handed == bool(model)
+            assert handed is (model[0] if model else None)
             if model:
                 first = model.pop(0)
                 assert first.signalled and first.take() is rec and not first.signalled

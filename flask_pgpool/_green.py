@@ -1,0 +1,124 @@
+"""Running under gevent: psycopg2 made cooperative, and setups that would block refused.
+
+psycopg2 is a C extension that gevent cannot patch: without a wait callback
+every query blocks the whole process, all greenlets with it. When gevent has
+patched the process, the pool installs :func:`gevent_wait` as psycopg2's wait
+callback the first time it is set up in that process (unless one is set
+already, e.g. psycogreen's), and refuses a half-patched process in which its
+own waits would block every greenlet.
+
+gevent is imported only when the process has already imported it: a process
+that does not use gevent pays nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any
+
+import psycopg2
+from psycopg2 import extensions
+
+__all__ = ["GeventSetupError", "ensure_cooperative", "gevent_wait", "patch_pending"]
+
+_log = logging.getLogger("flask_pgpool")
+
+# libpq treats a connect_timeout below 2 s as 2 s.
+_MIN_CONNECT_TIMEOUT = 2.0
+
+
+class GeventSetupError(RuntimeError):
+    """gevent has patched the process in a way that would block every greenlet."""
+
+
+def _patched(monkey: Any, module: str) -> bool:
+    return bool(monkey.is_module_patched(module))
+
+
+def patch_pending() -> bool:
+    """gevent is loaded but has not patched threading yet.
+
+    That is the state of a gunicorn gevent worker right after the fork: its
+    master imported gevent, and the worker patches the standard library
+    before it serves. Locks made now would be the standard library's.
+    """
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is None:
+        return "gevent" in sys.modules
+    return not _patched(monkey, "threading")
+
+
+def ensure_cooperative() -> None:
+    """Make psycopg2 cooperate with gevent if gevent has patched this process.
+
+    Does nothing in a process gevent has not patched. Raises
+    :class:`GeventSetupError` when gevent patched ``socket`` but not
+    ``threading``: the pool's waits and background work use threading, and
+    would then block every greenlet.
+    """
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is None:
+        return
+    socket_patched = _patched(monkey, "socket")
+    threading_patched = _patched(monkey, "threading")
+    if not (socket_patched or threading_patched):
+        return
+    if not threading_patched:
+        raise GeventSetupError(
+            "gevent has patched socket but not threading (monkey.patch_all(thread=False)?): "
+            "flask-pgpool waits for connections and opens them with threading, which would then "
+            "block every greenlet. Call gevent.monkey.patch_all() with its defaults before "
+            "importing the app (gunicorn -k gevent does)"
+        )
+    current = extensions.get_wait_callback()
+    if current is None:
+        # Imported now, outside any request: the callback must not import on its first wait.
+        import gevent.socket  # noqa: F401
+
+        extensions.set_wait_callback(gevent_wait)
+        _log.info("flask-pgpool: gevent has patched this process; psycopg2 now waits through gevent")
+    elif current is not gevent_wait:
+        _log.debug("flask-pgpool: keeping the psycopg2 wait callback already set: %r", current)
+
+
+def gevent_wait(conn: Any) -> None:
+    """psycopg2 wait callback: wait for the server through gevent's hub.
+
+    While connecting, the wait is bounded by the connection's
+    ``connect_timeout``, which libpq applies only to blocking connects.
+    """
+    from gevent.socket import wait_read, wait_write
+
+    deadline = _connect_deadline(conn)
+    while True:
+        state = conn.poll()
+        if state == extensions.POLL_OK:
+            return
+        timeout = None
+        if deadline is not None:
+            timeout = deadline - time.monotonic()
+            if timeout <= 0:
+                raise psycopg2.OperationalError("timeout expired (connect_timeout)")
+        try:
+            if state == extensions.POLL_READ:
+                wait_read(conn.fileno(), timeout)
+            elif state == extensions.POLL_WRITE:
+                wait_write(conn.fileno(), timeout)
+            else:
+                raise psycopg2.OperationalError(f"unexpected state from connection.poll(): {state!r}")
+        except TimeoutError:
+            raise psycopg2.OperationalError("timeout expired (connect_timeout)") from None
+
+
+def _connect_deadline(conn: Any) -> float | None:
+    if conn.status != extensions.STATUS_SETUP:
+        return None
+    try:
+        seconds = float(conn.info.dsn_parameters.get("connect_timeout") or 0)
+    except (ValueError, psycopg2.Error):
+        return None
+    if seconds <= 0:
+        return None
+    return time.monotonic() + max(seconds, _MIN_CONNECT_TIMEOUT)
