@@ -1,6 +1,6 @@
 """Every use of Flask's private API, each behind one small function.
 
-Checked on Flask 3.0.0 and 3.1.3 (``tests/extension/test_flask_compat.py``
+Checked on Flask 2.3.0, 3.0.0 and 3.1.3 (``tests/extension/test_flask_compat.py``
 tests each function against the installed Flask). When a Flask release moves
 one of these internals, only this module changes.
 """
