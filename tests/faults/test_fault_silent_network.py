@@ -14,6 +14,7 @@ path is back, requests succeed within seconds.
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -150,6 +151,9 @@ def test_a_query_in_flight_when_the_path_goes_silent_fails_within_the_bound(
 def test_idle_connections_on_a_silent_path_are_found_dead_before_a_request_needs_them(
     path: NetNamespace, far: PgCluster, app_name: str, record_property: Callable[[str, object], None]
 ) -> None:
+    # The path counts every connection over it: the earlier tests' apps must be
+    # gone, and with them their pools' connections (freed at the next collection).
+    assert wait_until(lambda: gc.collect() >= 0 and path.connections() == 0, 20.0), "earlier connections are open"
     app = fault_app(far.dsn, app_name, PGPOOL_NETWORK_TIMEOUT=BOUND, PGPOOL_MAXCONN=3, PGPOOL_TIMEOUT=20)
     pool = pool_of(app)
     # Three requests that hold their connection until all three have one: three
