@@ -237,7 +237,7 @@ class PgPool:
         return dict(self._state(app).pools)
 
     def get_stats(self, name: str | None = None, app: Flask | None = None) -> dict[str, int]:
-        """The stats of one pool; the keys are psycopg_pool's (see the README)."""
+        """The stats of one pool (see :data:`flask_pgpool.STATS_KEYS`); the keys are psycopg_pool's."""
         return self.get_pool(name, app).get_stats()
 
     def drain(self, app: Flask | None = None, name: str | None = None) -> None:
