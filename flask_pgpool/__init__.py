@@ -45,6 +45,7 @@ command ``flask pgpool-status`` shows the pools and checks the database.
 from ._config import ConfigError, PgPoolConfigWarning
 from ._errors import DatabaseUnavailable, PgPoolError, PoolClosed, PoolTimeout, TooManyRequests
 from ._extension import PgPool, get_db
+from ._guard import StaleConnectionError
 from ._pool import ConnectionPool
 from ._stats import STATS_KEYS, PoolEvent
 
@@ -62,6 +63,7 @@ __all__ = [
     "PoolClosed",
     "PoolEvent",
     "PoolTimeout",
+    "StaleConnectionError",
     "TooManyRequests",
     "__version__",
     "get_db",

@@ -1,48 +1,94 @@
-"""Flask glue: per-app pools, one connection per app context on ``g``, teardown, atexit, 503."""
+"""Flask glue: per-app pools, one lease of connections per request, teardown, atexit, 503."""
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import threading
 import types
 import weakref
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg2
-from flask import Flask, Response, after_this_request, current_app, has_app_context, has_request_context
+from flask import Flask, after_this_request
 from flask.ctx import AppContext
-from flask.globals import _cv_app
 from flask.typing import ResponseReturnValue
 from psycopg2.extensions import connection
-from werkzeug.exceptions import ServiceUnavailable
 
+from . import _flask_compat as compat
 from ._config import DEFAULT_BIND, PoolSettings, check_options, read_settings
 from ._embedded import embedded_dsn
 from ._errors import PgPoolError
+from ._guard import ENDED, LeasingPool, guarded_factory
+from ._leases import GiveBack, Lease
 from ._pool import ConnectionPool
+from ._responses import pass_on, service_unavailable
 
 __all__ = ["PgPool", "get_db"]
 
 _log = logging.getLogger("flask_pgpool")
 
-# Connections checked out in the current app context: {bind: (pool, connection)}.
-_G_KEY = "_flask_pgpool_connections"
-# Set on g when a streamed response holds those connections until it ends.
-_G_HELD = "_flask_pgpool_held_by_response"
+# Where a request keeps its Lease: in g, or on the request context when the
+# request borrows an app context it did not push (pytest-flask; a test's
+# ``with app.app_context():`` around the test client, before Flask 3.2).
+_LEASE = "_flask_pgpool_lease"
+# On a request context: (app context, namespace, scope) where its lease lives,
+# decided at its first get_db(). Flask 3.1.2+'s stream_with_context pushes the
+# request again inside its own app context, which then looks borrowed.
+_SCOPE = "_flask_pgpool_scope"
+# The push (see _flask_compat.push_marker) in which flask-pgpool's teardown ran.
+_ENDED_AT = "_flask_pgpool_ended_at"
+# The app's state lives on the app, not in the PgPool: a PgPool often outlives
+# its apps (a module-level PgPool and an app factory), and a pool's configure
+# callback may refer to its app.
+_STATE = "pgpool.state"
 _EMBEDDED_DIR = "pgdata"
 
 
-@dataclass
+class Lender(Protocol):
+    """Lends connections instead of the pools (flask_pgpool.testing.rolled_back)."""
+
+    def lend(self, bind: str) -> connection: ...
+
+    def putconn(self, conn: connection) -> None: ...
+
+
+@dataclass(eq=False)
 class _AppState:
     """What one app's PgPool owns."""
 
+    owner: PgPool
     pools: dict[str, ConnectionPool]
     settings: dict[str, PoolSettings]
+    lender: Lender | None = None
+    #: Whether _end_borrowing_request is registered (at the first request that borrows).
+    ends_borrowing_requests: bool = False
+    #: By bind: how a request checks out, and gives back, and whether its
+    #: connections are guarded (see _guard). The base class's getconn() and
+    #: putconn(): LeasingPool's only serve other callers.
+    sources: dict[str, tuple[Callable[[], connection], GiveBack, bool]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.sources = {
+            bind: (
+                types.MethodType(ConnectionPool.getconn, pool),
+                types.MethodType(ConnectionPool.putconn, pool),
+                isinstance(pool, LeasingPool),
+            )
+            for bind, pool in self.pools.items()
+        }
+
+    def pool(self, bind: str) -> ConnectionPool:
+        try:
+            return self.pools[bind]
+        except KeyError:
+            known = ", ".join(repr(b) for b in self.pools)
+            raise KeyError(f"no database bind {bind!r}: PGPOOL_BINDS defines {known}") from None
 
 
 class PgPool:
@@ -51,7 +97,7 @@ class PgPool:
     ``PgPool(app)`` or ``pgpool = PgPool(); pgpool.init_app(app)``. Keyword
     options (``maxconn=20``, ``timeout=5``...) are defaults that the app's
     ``PGPOOL_*`` config overrides. One PgPool may serve several apps; each has
-    its own pools.
+    its own pools, freed with the app.
     """
 
     def __init__(self, app: Flask | None = None, **options: Any) -> None:
@@ -63,7 +109,7 @@ class PgPool:
         one. Values are checked at :meth:`init_app`.
         """
         self._options = check_options(options)
-        self._states: weakref.WeakKeyDictionary[Flask, _AppState] = weakref.WeakKeyDictionary()
+        self._apps: weakref.WeakSet[Flask] = weakref.WeakSet()
         if app is not None:
             self.init_app(app)
 
@@ -79,14 +125,26 @@ class PgPool:
             )
         settings = read_settings(app.config, self._options)
         pools = {name: _make_pool(app, name, s) for name, s in settings.items()}
-        self._states[app] = _AppState(pools=pools, settings=settings)
+        retry_after = settings[DEFAULT_BIND].retry_after
+        app.extensions[_STATE] = _AppState(owner=self, pools=pools, settings=settings)
         app.extensions["pgpool"] = self
-        app.teardown_appcontext(_teardown)
+        self._apps.add(app)
+        # Last, so that the app's own teardown functions, whenever registered,
+        # still find the request's connection (to commit, say).
+        compat.run_last_at_app_teardown(app, _end_app_context)
         # The app's own handler, registered before or after us, takes precedence.
-        if PgPoolError not in app.error_handler_spec[None][None]:
-            app.register_error_handler(PgPoolError, _service_unavailable)
-        if psycopg2.OperationalError not in app.error_handler_spec[None][None]:
-            app.register_error_handler(psycopg2.OperationalError, _connection_lost)
+        if not compat.has_app_error_handler(app, PgPoolError):
+
+            def unavailable(error: PgPoolError) -> ResponseReturnValue:
+                return service_unavailable(error, retry_after)
+
+            app.register_error_handler(PgPoolError, unavailable)
+        if not compat.has_app_error_handler(app, psycopg2.OperationalError):
+
+            def lost(error: psycopg2.OperationalError) -> ResponseReturnValue:
+                return _connection_lost(error, retry_after, lost)
+
+            app.register_error_handler(psycopg2.OperationalError, lost)
         # cli depends on this module, not the other way round; imported here only.
         from ._cli import status_command
 
@@ -94,11 +152,11 @@ class PgPool:
         _closer.track(pools.values())
 
     def get_db(self, name: str | None = None) -> connection:
-        """The current app context's connection, checked out on first call.
+        """The current request's connection, checked out on first call.
 
-        Later calls in the same context return the same connection; it goes
-        back to the pool when the context ends. ``name`` picks a bind of
-        ``PGPOOL_BINDS``.
+        Later calls in the same request (or app context) return the same
+        connection; it goes back to the pool when the request ends.
+        ``name`` picks a bind of ``PGPOOL_BINDS``.
         """
         return self._get_db(_app_context(), name)
 
@@ -106,39 +164,73 @@ class PgPool:
         # The context is read once and g's namespace used directly: Flask's
         # proxies cost more than the pool's own checkout on this path.
         bind = name or DEFAULT_BIND
-        namespace = ctx.g.__dict__
-        checked_out: dict[str, tuple[ConnectionPool, connection]] | None = namespace.get(_G_KEY)
-        if checked_out is not None and bind in checked_out:
-            pool, conn = checked_out[bind]
-            if not conn.closed:
-                return conn
-            # The view closed it: give the slot back and check out another.
-            del checked_out[bind]
-            try:
-                pool.putconn(conn)
-            except Exception:
-                # Already given back by the view itself: nothing left to free.
-                _log.warning("flask-pgpool: the closed %r connection was not checked out any more", bind)
-        pool = self.get_pool(name, ctx.app)
-        conn = pool.getconn()
-        if checked_out is None:
-            checked_out = namespace[_G_KEY] = {}
-            if has_request_context():
+        namespace, scope = _scope(ctx)
+        lease: Lease | None = namespace.get(_LEASE)
+        if lease is not None:
+            entry = lease.conns.get(bind)
+            if entry is not None and not entry[1].closed:
+                return entry[1]
+        return self._check_out(ctx, namespace, scope, lease, bind)
+
+    def _check_out(
+        self, ctx: AppContext, namespace: dict[str, Any], scope: Any, lease: Lease | None, bind: str
+    ) -> connection:
+        state = ctx.app.extensions.get(_STATE)
+        if not isinstance(state, _AppState) or state.owner is not self:
+            state = self._state(ctx.app)  # raises, saying what to do
+        try:
+            take, give_back, guarded = state.sources[bind]
+        except KeyError:
+            state.pool(bind)  # raises, naming the binds there are
+            raise
+        if lease is None or lease.ctx is ENDED:
+            ended_at = namespace.get(_ENDED_AT)
+            if ended_at is not None and ended_at is compat.push_marker(scope):
+                if scope is not ctx:
+                    # A request that borrows its app context, after its own
+                    # teardown (a request_tearing_down receiver): in production
+                    # this still runs in the request's app context, so it gets
+                    # the app context's connection.
+                    return self._get_db_in_app_context(ctx, bind)
+                raise RuntimeError(
+                    "get_db() was called after flask-pgpool gave this app context's connections back "
+                    "(from an appcontext_tearing_down receiver, or later): use a teardown_appcontext "
+                    "function instead, which runs while the request's connection is still there"
+                )
+            lease = namespace[_LEASE] = Lease(ctx, ctx.g if scope is ctx else scope)
+            if compat.request_context() is not None:
                 # Registered per request, so that requests that never call
                 # get_db() pay nothing for it.
-                after_this_request(_hold_for_streamed_response)
-        checked_out[bind] = (pool, conn)
+                after_this_request(lease.hold_if_streamed)
+        else:
+            closed = lease.conns.pop(bind, None)
+            if closed is not None:
+                # The view closed it: give the slot back and check out another.
+                try:
+                    closed[0](closed[1])
+                except Exception:
+                    # Already given back by the view itself: nothing left to free.
+                    _log.warning("flask-pgpool: the closed %r connection was not checked out any more", bind)
+        lender = state.lender
+        if lender is not None:
+            conn = lender.lend(bind)
+            lease.add(bind, lender.putconn, conn, guarded=False)
+        else:
+            conn = take()
+            lease.add(bind, give_back, conn, guarded)
         return conn
+
+    def _get_db_in_app_context(self, ctx: AppContext, bind: str) -> connection:
+        namespace = ctx.g.__dict__
+        lease: Lease | None = namespace.get(_LEASE)
+        entry = lease.conns.get(bind) if lease is not None else None
+        if entry is not None and not entry[1].closed:
+            return entry[1]
+        return self._check_out(ctx, namespace, ctx, lease, bind)
 
     def get_pool(self, name: str | None = None, app: Flask | None = None) -> ConnectionPool:
         """The pool of ``app`` (default: the current app) for bind ``name``."""
-        state = self._state(app)
-        bind = name or DEFAULT_BIND
-        try:
-            return state.pools[bind]
-        except KeyError:
-            known = ", ".join(repr(b) for b in state.pools)
-            raise KeyError(f"no database bind {bind!r}: PGPOOL_BINDS defines {known}") from None
+        return self._state(app).pool(name or DEFAULT_BIND)
 
     def get_pools(self, app: Flask | None = None) -> dict[str, ConnectionPool]:
         """All pools of ``app`` (default: the current app), by bind name."""
@@ -168,21 +260,41 @@ class PgPool:
 
     def _state(self, app: Flask | None) -> _AppState:
         if app is None:
-            if not has_app_context():
+            ctx = compat.app_context()
+            if ctx is None:
                 raise RuntimeError(
-                    "no app given and no application context: pass app=... or work inside "
-                    "'with app.app_context():'"
+                    "no app given and no application context: pass app=... or work inside 'with app.app_context():'"
                 )
-            app = current_app._get_current_object()  # type: ignore[attr-defined]
+            app = ctx.app
+        state = app.extensions.get(_STATE)
+        if not isinstance(state, _AppState) or state.owner is not self:
+            raise RuntimeError(f"this PgPool is not set up on the app {app.name!r}: call init_app(app) first")
+        return state
+
+    @contextlib.contextmanager
+    def _lending(self, app: Flask, lender: Lender) -> Iterator[None]:
+        """Within the block, get_db() of ``app`` takes its connections from ``lender``."""
+        state = self._state(app)
+        if state.lender is not None:
+            raise RuntimeError("rolled_back(app) is already active for this app: it cannot be nested")
+        current = _current_lease(app)
+        if current is not None:
+            # Checked out from the pool before the block (pytest-flask's
+            # context for the test): give them back, and use the lender's.
+            current.end()
+        state.lender = lender
         try:
-            return self._states[app]
-        except KeyError:
-            raise RuntimeError(
-                f"this PgPool is not set up on the app {app.name!r}: call init_app(app) first"
-            ) from None
+            yield
+        finally:
+            state.lender = None
+            current = _current_lease(app)
+            if current is not None:
+                for bind, (give_back, _conn) in list(current.conns.items()):
+                    if getattr(give_back, "__self__", None) is lender:
+                        del current.conns[bind]
 
     def __repr__(self) -> str:
-        return f"<PgPool apps={len(self._states)}>"
+        return f"<PgPool apps={len(self._apps)}>"
 
 
 def get_db(name: str | None = None) -> connection:
@@ -194,14 +306,13 @@ def get_db(name: str | None = None) -> connection:
     ext = ctx.app.extensions.get("pgpool")
     if not isinstance(ext, PgPool):
         raise RuntimeError(
-            "flask-pgpool is not set up on this app: create PgPool(app) or call pgpool.init_app(app) "
-            "in the app factory"
+            "flask-pgpool is not set up on this app: create PgPool(app) or call pgpool.init_app(app) in the app factory"
         )
     return ext._get_db(ctx, name)
 
 
 def _app_context() -> AppContext:
-    ctx = _cv_app.get(None)
+    ctx = compat.app_context()
     if ctx is None:
         raise RuntimeError(
             "get_db() needs an application context: call it in a request, a CLI command, "
@@ -210,13 +321,57 @@ def _app_context() -> AppContext:
     return ctx
 
 
+def _current_lease(app: Flask) -> Lease | None:
+    """The lease of the current request (or app context) of ``app``, if any."""
+    ctx = compat.app_context()
+    if ctx is None or ctx.app is not app:
+        return None
+    lease: Lease | None = _scope(ctx)[0].get(_LEASE)
+    return lease
+
+
+def _scope(ctx: AppContext) -> tuple[dict[str, Any], Any]:
+    """Where the current request's (or app context's) lease lives, and the context it ends with.
+
+    The app context, unless the request borrows it (then the request context).
+    """
+    request = compat.request_context()
+    if request is None:
+        return ctx.g.__dict__, ctx
+    known = request.__dict__.get(_SCOPE)
+    if known is not None and known[0] is ctx:
+        return known[1], known[2]
+    if compat.borrowing_request(ctx) is request:
+        found: tuple[dict[str, Any], Any] = (request.__dict__, request)
+        _end_borrowing_requests(ctx.app)
+    else:
+        found = (ctx.g.__dict__, ctx)
+    request.__dict__[_SCOPE] = (ctx, *found)
+    return found
+
+
+def _end_borrowing_requests(app: Flask) -> None:
+    """Make sure requests that borrow their app context end as requests (see _end_borrowing_request).
+
+    Registered when the first one checks out, not in init_app: an extra
+    teardown_request function costs every request of the app about 1%, and
+    only tests run requests inside an app context they did not push.
+    """
+    state = app.extensions.get(_STATE)
+    if isinstance(state, _AppState) and not state.ends_borrowing_requests:
+        state.ends_borrowing_requests = True
+        compat.run_last_at_request_teardown(app, _end_borrowing_request)
+
+
 def _make_pool(app: Flask, name: str, settings: PoolSettings) -> ConnectionPool:
     dsn: Any = settings.dsn
     if dsn is None:
         # Embedded: started on the first checkout, so that `flask routes` or a
         # gunicorn --preload master start nothing; a missing extra fails here.
         dsn = embedded_dsn(Path(app.instance_path) / _EMBEDDED_DIR)
-    return ConnectionPool(
+    connect_args, guarded = _guarded_connect_args(settings.connect_args)
+    pool_class = LeasingPool if guarded else ConnectionPool
+    return pool_class(
         settings.minconn,
         settings.maxconn,
         dsn,
@@ -233,10 +388,32 @@ def _make_pool(app: Flask, name: str, settings: PoolSettings) -> ConnectionPool:
         statement_timeout=settings.statement_timeout,
         read_only=settings.read_only,
         configure=settings.configure,
-        connect_args=settings.connect_args,
+        connect_args=connect_args,
         reset=settings.reset,
         label=_setting_label(app, name),
     )
+
+
+def _guarded_connect_args(source: Any) -> tuple[Any, bool]:
+    """``connect_args`` (or the function that returns them) with the check of _guard in
+    their ``connection_factory``, and whether the pool's connections may have it."""
+    if callable(source):
+
+        def guarded() -> Any:
+            args = source()
+            return _with_guard(args)[0] if isinstance(args, Mapping) else args
+
+        return guarded, True
+    return _with_guard(source)
+
+
+def _with_guard(args: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+    args = dict(args)
+    factory = guarded_factory(args.get("connection_factory"))
+    if factory is None:
+        return args, False  # not a connection class: it cannot be given the check
+    args["connection_factory"] = factory
+    return args, True
 
 
 def _setting_label(app: Flask, bind: str) -> Callable[[str], str]:
@@ -249,133 +426,64 @@ def _setting_label(app: Flask, bind: str) -> Callable[[str], str]:
     return lambda option: dsn_key if option == "dsn" else f"PGPOOL_{option.upper()}"
 
 
-def _teardown(exc: BaseException | None) -> None:
-    """Give back what this app context checked out. Never raises.
+def _end_app_context(exc: BaseException | None) -> None:
+    """teardown_appcontext: give back what this app context checked out. Never raises.
 
-    ``exc`` is not looked at: it is None after ``abort()`` or a handled error,
-    so it cannot decide anything. Uncommitted work is always rolled back.
+    ``exc`` is None after ``abort()`` or a handled error, so it cannot decide
+    commit or rollback: uncommitted work is always rolled back. It only tells
+    whether a streamed response that holds the connections will be sent.
     """
-    ctx = _cv_app.get(None)
-    if ctx is None:
+    ctx = compat.app_context()
+    if ctx is not None:
+        _end(ctx.g.__dict__, ctx, exc)
+
+
+def _end_borrowing_request(exc: BaseException | None) -> None:
+    """teardown_request: give back what a request that borrowed its app context checked out. Never raises."""
+    ctx = compat.app_context()
+    request = compat.request_context()
+    if ctx is None or request is None:
         return
-    namespace = ctx.g.__dict__
-    if namespace.get(_G_HELD):
-        return  # a streamed response gives them back when it ends
-    _give_back(namespace.pop(_G_KEY, None))
+    known = request.__dict__.get(_SCOPE)
+    if known is not None and known[0] is ctx:
+        borrowed = known[2] is request
+    else:
+        # No get_db() in this request (yet): nothing to give back, but a late
+        # get_db() must not check out what nothing would give back.
+        borrowed = compat.borrowing_request(ctx) is request
+    if borrowed:
+        _end(request.__dict__, request, exc)
 
 
-def _give_back(checked_out: dict[str, tuple[ConnectionPool, connection]] | None) -> None:
-    """Return every connection of ``checked_out`` to its pool, and empty it. Never raises."""
-    if not checked_out:
-        return
-    items = list(checked_out.items())
-    checked_out.clear()
-    for bind, (pool, conn) in items:
-        try:
-            pool.putconn(conn)
-        except Exception:
-            # A raising teardown would stop Flask < 3.2 from running the others.
-            _log.exception("flask-pgpool: could not return the %r connection", bind)
+def _end(namespace: dict[str, Any], scope: Any, exc: BaseException | None) -> None:
+    lease: Lease | None = namespace.get(_LEASE)
+    if lease is not None:
+        if lease.finish(exc):
+            # The streamed body gives it back; stream_with_context may push
+            # this context again meanwhile, and get_db() must find it there.
+            return
+        del namespace[_LEASE]
+    namespace[_ENDED_AT] = compat.push_marker(scope)
 
 
-def _hold_for_streamed_response(response: Response) -> Response:
-    """Keep the request's connections until a streamed response has been sent.
-
-    Flask 3.1.2+ ends the app context when the view returns, before the body
-    is streamed; giving the connection back then would roll back the view's
-    work and let another request use it while the stream still does.
-    """
-    ctx = _cv_app.get(None)
-    if ctx is None:
-        return response
-    namespace = ctx.g.__dict__
-    checked_out = namespace.get(_G_KEY)
-    # Only a generator body can run view code after the view returned; other
-    # streamed bodies (error pages, files) need no connection.
-    if checked_out and isinstance(response.response, types.GeneratorType):
-        namespace[_G_HELD] = True
-        response.response = _ReleaseWhenSent(response.response, checked_out)
-    return response
-
-
-class _ReleaseWhenSent:
-    """A response body that gives the connections back once it is sent or closed.
-
-    The WSGI server closes the body even when the client hangs up, and the
-    test client exhausts it, so one of the two always happens.
-    """
-
-    def __init__(self, body: Iterable[Any], checked_out: dict[str, tuple[ConnectionPool, connection]]) -> None:
-        self._body = body
-        self._checked_out = checked_out
-
-    def __iter__(self) -> Iterator[Any]:
-        try:
-            yield from self._body
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        try:
-            close = getattr(self._body, "close", None)
-            if close is not None:
-                close()
-        finally:
-            _give_back(self._checked_out)
-
-
-def _service_unavailable(error: PgPoolError) -> ResponseReturnValue:
-    """A pool that cannot serve answers 503 with Retry-After, not a 500 or a hang."""
-    _log.warning("flask-pgpool: answering 503: %s", error)
-    return _unavailable()
-
-
-def _connection_lost(error: psycopg2.OperationalError) -> ResponseReturnValue:
-    """A connection that broke during the request (the network or the server went away) answers 503.
+def _connection_lost(error: psycopg2.OperationalError, retry_after: int, handler: Any) -> ResponseReturnValue:
+    """The request's own connection broke (the network or the server went away): answer 503.
 
     Any other OperationalError (a cancelled statement, a deadlock) goes on to
-    the app's own handlers, or becomes a 500, as if this handler did not exist.
+    the app's own handlers, or becomes a 500, as if ``handler`` did not exist.
     """
-    ctx = _cv_app.get(None)
-    checked_out = (ctx.g.__dict__.get(_G_KEY) if ctx is not None else None) or {}
-    pooled = [conn for _, conn in checked_out.values()]
+    ctx = compat.app_context()
+    lease = _current_lease(ctx.app) if ctx is not None else None
+    pooled = [conn for _, conn in lease.conns.values()] if lease is not None else []
     cursor = getattr(error, "cursor", None)
     failed = [cursor.connection] if cursor is not None else pooled
     # closed == 2: psycopg2 found the connection broken (closed by the view is 1).
-    if not any(conn.closed == 2 and any(conn is p for p in pooled) for conn in failed):
-        return _pass_on(error)
+    if ctx is None or not any(conn.closed == 2 and any(conn is p for p in pooled) for conn in failed):
+        return pass_on(error, handler)
     message = str(error).strip()
-    for pool, _ in checked_out.values():
+    for pool in ctx.app.extensions["pgpool"].get_pools(ctx.app).values():
         message = pool.redact(message)
-    _log.warning("flask-pgpool: answering 503: the connection to the database was lost: %s", message)
-    return _unavailable()
-
-
-def _pass_on(error: Exception) -> ResponseReturnValue:
-    """Answer ``error`` the way Flask would without :func:`_connection_lost`.
-
-    Flask tries blueprint handlers before app handlers, so only the app's
-    handlers for the error's other classes are left to try.
-    """
-    handlers = current_app.error_handler_spec[None][None]
-    for cls in type(error).__mro__:
-        handler = handlers.get(cls)
-        if handler is not None and handler is not _connection_lost:
-            return current_app.ensure_sync(handler)(error)  # type: ignore[no-any-return]
-    raise error
-
-
-def _unavailable() -> ResponseReturnValue:
-    """503 with the app's Retry-After, through the app's 503 handler if it has one."""
-    state = current_app.extensions["pgpool"]._state(None)
-    retry_after = state.settings[DEFAULT_BIND].retry_after
-    unavailable = ServiceUnavailable(
-        description="The database is busy or unreachable. Please try again shortly.",
-        retry_after=retry_after or None,
-    )
-    # Goes through the app's 503 handler if it has one.
-    response = current_app.handle_http_exception(unavailable)
-    return response
+    return service_unavailable(f"the connection to the database was lost: {message}", retry_after)
 
 
 class _PoolCloser:

@@ -147,15 +147,21 @@ class RolledBackConnection:
         return cast("connection", self)
 
 
-class _EndOfContext:
-    """Takes the place of the pool in get_db()'s bookkeeping.
+class _TestConnections:
+    """Lends the test's connections to get_db() in place of the pools.
 
-    When an app context ends, the extension gives the connection back; here
-    that undoes what was not committed, as the pool would, and keeps the
-    connection for the rest of the test.
+    When a request (or app context) ends, the extension gives its connections
+    back; here that undoes what it did not commit, as the pool would, and
+    keeps the connection for the rest of the test.
     """
 
-    def putconn(self, conn: connection, key: Any = None, close: bool = False) -> None:
+    def __init__(self, conns: dict[str, connection]) -> None:
+        self._conns = conns
+
+    def lend(self, bind: str) -> connection:
+        return self._conns[bind]
+
+    def putconn(self, conn: connection) -> None:
         if not conn.closed:
             conn.rollback()
 
@@ -165,46 +171,24 @@ def rolled_back(app: Flask) -> Iterator[connection]:
     """Within the block, ``app``'s get_db() returns connections whose work is rolled back at the end.
 
     One connection per bind of ``PGPOOL_BINDS``, opened with the pool's
-    settings but outside the pool; the default bind's is yielded.
+    settings but outside the pool; the default bind's is yielded. Requests
+    and app contexts end as in production (streamed responses included);
+    only the connection they use is the test's.
     """
-    from flask import appcontext_pushed, current_app, g, has_app_context
+    from psycopg2.extensions import connection as plain
 
-    from ._extension import _G_KEY, PgPool
+    from ._extension import PgPool
 
     ext = app.extensions.get("pgpool")
     if not isinstance(ext, PgPool):
         raise RuntimeError("rolled_back(app): flask-pgpool is not set up on this app (PgPool(app) or init_app)")
-    end = _EndOfContext()
     conns: dict[str, connection] = {}
-
-    def bookkeeping() -> dict[str, tuple[Any, connection]]:
-        return {bind: (end, conn) for bind, conn in conns.items()}
-
-    def on_push(sender: Flask, **_: Any) -> None:
-        setattr(g, _G_KEY, bookkeeping())
-
-    def ours_is_current() -> bool:
-        return has_app_context() and current_app._get_current_object() is app  # type: ignore[attr-defined]
-
     try:
         for bind, pool in ext.get_pools(app).items():
             conns[bind] = _open(pool)
-        appcontext_pushed.connect(on_push, app)
-        if ours_is_current():
-            # An app context is already pushed (pytest-flask does it for each
-            # test): give back what it checked out, and use ours from now on.
-            for pool, conn in (g.pop(_G_KEY, None) or {}).values():
-                pool.putconn(conn)
-            setattr(g, _G_KEY, bookkeeping())
-        yield conns["default"]
+        with ext._lending(app, _TestConnections(conns)):
+            yield conns["default"]
     finally:
-        appcontext_pushed.disconnect(on_push, app)
-        if ours_is_current():
-            checked_out = g.get(_G_KEY) or {}
-            if any(conn is conns.get(bind) for bind, (_, conn) in checked_out.items()):
-                g.pop(_G_KEY, None)
-        from psycopg2.extensions import connection as plain
-
         for conn in conns.values():
             with contextlib.suppress(Exception):
                 plain.rollback(conn)

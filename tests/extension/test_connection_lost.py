@@ -70,6 +70,17 @@ def test_a_connection_lost_during_a_request_answers_503(lost_app: Flask, caplog:
     assert client.get("/one").status_code == 200  # the only slot works again
 
 
+def test_a_connection_lost_answers_json_to_who_asks(lost_app: Flask) -> None:
+    response = lost_app.test_client().get("/lose", headers={"Accept": "application/json"})
+    assert response.status_code == 503
+    assert response.json == {
+        "error": "database_unavailable",
+        "message": "The database is busy or unreachable. Please try again shortly.",
+        "retry_after": 1,
+    }
+    assert response.headers["Retry-After"] == "1"
+
+
 def test_a_view_may_catch_the_drivers_error(lost_app: Flask) -> None:
     response = lost_app.test_client().get("/catch")
     assert response.status_code == 200

@@ -161,13 +161,15 @@ def test_reprs_never_show_the_password(make_app: Callable[..., Flask], pg_dsn: s
 
 
 def test_works_with_pytest_flask_client(app: Flask, client: Any) -> None:
-    # pytest-flask keeps one app context for the whole test: both requests share one connection.
+    # pytest-flask keeps one app context for the whole test; each request still
+    # checks out and gives back, and the second one gets the connection the first gave back.
     @app.get("/pid")
     def pid() -> dict[str, int]:
         return {"pid": pid_of(get_db())}
 
     assert client.get("/pid").json == client.get("/pid").json
-    assert app.extensions["pgpool"].get_stats(app=app)["requests_num"] == 1
+    stats = app.extensions["pgpool"].get_stats(app=app)
+    assert (stats["requests_num"], stats["connections_num"], stats["pool_available"]) == (2, 1, 1)
 
 
 def test_get_db_in_a_cli_command_is_given_back(make_app: Callable[..., Flask]) -> None:

@@ -24,6 +24,7 @@ from support.faults import (
     pool_of,
     recovers,
     request_within,
+    settled_sessions,
     wait_until,
 )
 from support.netproxy import TcpProxy
@@ -61,7 +62,8 @@ def test_cut_connections_are_replaced_not_handed_out(proxy: TcpProxy, admin: Adm
     assert [o.status for o in outcomes] == [200] * 12
     stats = assert_no_leak(pool)
     assert stats["connections_lost"] >= 1
-    assert stats["pool_size"] == len(admin.sessions())
+    # The server may take a moment to notice the sessions the proxy cut.
+    settled_sessions(pool, admin)
 
 
 def test_network_down_gives_503_then_recovers(proxy: TcpProxy, app_name: str) -> None:
@@ -82,19 +84,20 @@ def test_cut_during_a_query_frees_the_slot(proxy: TcpProxy, admin: Admin, app_na
     app = fault_app(proxied(proxy), app_name, PGPOOL_MAXCONN=1)
     pool = pool_of(app)
     box: list[Outcome] = []
-    running = threading.Thread(target=lambda: box.append(request_within(app, "/sleep/3.0", LIMIT + 3)))
+    # A query long enough to be certainly running when the cut comes, busy machine or not.
+    running = threading.Thread(target=lambda: box.append(request_within(app, "/sleep/15.0", 20)))
     running.start()
-    assert wait_until(lambda: bool(admin.sessions("active")), 5.0)
+    assert wait_until(lambda: bool(admin.sessions("active")), 10.0)
 
     proxy.drop()
     proxy.pass_through()
-    running.join(LIMIT + 5)
+    running.join(25)
     assert not running.is_alive()
     # The view's own connection broke: uncaught, that answers 503 with
     # Retry-After, and the broken connection did not keep the only slot.
     assert box[0].status == 503
     assert box[0].retry_after == "1"
-    assert box[0].seconds < 3
+    assert box[0].seconds < 12  # not the 15 s the query asked for
     assert_no_leak(pool)
     assert request_within(app, "/one", LIMIT).status == 200
     assert pool.get_stats()["pool_size"] == 1
@@ -160,7 +163,8 @@ def test_checkout_deadline_bounds_a_hanging_connect(proxy: TcpProxy, app_name: s
     proxy.blackhole()  # the pooled connection's ping and every new connect hang
     for outcome in hammer(app, "/one", threads=2, per_thread=2, limit=15):
         assert outcome.status == 503
-        assert outcome.seconds < 1 + 2 + 1.5, outcome  # not 10 s
+        # PGPOOL_TIMEOUT plus libpq's 2 s, with room for a busy machine: not the 10 s connect timeout.
+        assert outcome.seconds < 8, outcome
     proxy.pass_through()
     assert recovers(app)
     assert_no_leak(pool_of(app))

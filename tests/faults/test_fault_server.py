@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from support.faults import (
     LIMIT,
+    RECOVERY,
     Admin,
     Outcome,
     assert_clean_503,
@@ -25,6 +26,8 @@ from support.faults import (
     pool_of,
     recovers,
     request_within,
+    settled_sessions,
+    wait_until,
 )
 from support.pgcluster import PgCluster
 
@@ -51,7 +54,7 @@ def test_restart_next_request_gets_a_fresh_connection(pg: PgCluster, admin: Admi
     assert not pids_before & {int(o.body) for o in outcomes}
     stats = assert_no_leak(pool_of(app))
     assert stats["connections_lost"] >= 1
-    assert stats["pool_size"] == len(admin.sessions())
+    settled_sessions(pool_of(app), admin)
 
 
 def test_immediate_stop_then_start(pg: PgCluster, admin: Admin, app_name: str) -> None:
@@ -79,14 +82,18 @@ def test_stop_during_requests_then_start(pg: PgCluster, admin: Admin, app_name: 
         while not stop.is_set():
             results.append(request_within(app, "/sleep/0.05", LIMIT))
 
+    def served(since: int) -> bool:
+        return any(o.status == 200 for o in results[since:])
+
     clients = [threading.Thread(target=client, daemon=True) for _ in range(4)]
     for c in clients:
         c.start()
-    time.sleep(0.5)
+    assert wait_until(lambda: served(0), 10.0), "no request succeeded before the stop"
     pg.stop("fast")
-    time.sleep(1.0)
+    time.sleep(1.0)  # requests meet the stopped server meanwhile
+    restarted_at = len(results)
     pg.start()
-    time.sleep(0.5)
+    assert wait_until(lambda: served(restarted_at), RECOVERY), "no request succeeded after the start"
     stop.set()
     for c in clients:
         c.join(LIMIT + 2)
@@ -106,9 +113,8 @@ def test_stop_during_requests_then_start(pg: PgCluster, admin: Admin, app_name: 
 
 def test_database_down_when_app_starts(pg: PgCluster, admin: Admin, app_name: str) -> None:
     pg.stop()
-    started = time.monotonic()
     app = fault_app(pg.dsn, app_name)  # init_app opens nothing, so it cannot fail
-    assert time.monotonic() - started < 1.0
+    assert pool_of(app).get_stats()["connections_num"] == 0
 
     for _ in range(3):
         outcome = request_within(app, "/one", LIMIT)
@@ -122,7 +128,7 @@ def test_database_down_when_app_starts(pg: PgCluster, admin: Admin, app_name: st
     assert recovers(app), "the app did not recover without a restart"
     assert request_within(app, "/one", LIMIT).status == 200
     assert_no_leak(pool_of(app))
-    assert len(admin.sessions()) == pool_of(app).get_stats()["pool_size"]
+    settled_sessions(pool_of(app), admin)
 
 
 def test_503_is_quick_when_the_server_refuses(pg: PgCluster, app_name: str) -> None:
@@ -132,7 +138,7 @@ def test_503_is_quick_when_the_server_refuses(pg: PgCluster, app_name: str) -> N
     app = fault_app(pg.dsn, app_name, PGPOOL_TIMEOUT=1)
     outcome = request_within(app, "/one", LIMIT)
     assert_clean_503(outcome)
-    assert outcome.seconds < 1 + 2.0
+    assert outcome.seconds < 1 + 4.0  # PGPOOL_TIMEOUT, with room for a busy machine
     stats = pool_of(app).get_stats()
     # Backoff: a handful of attempts in one second, not thousands.
     assert 1 <= stats["connections_errors"] <= 10
@@ -156,7 +162,8 @@ def test_a_server_known_to_be_down_fails_fast_then_recovers(
     for _ in range(3):
         outcome = request_within(app, "/one", LIMIT)
         assert_clean_503(outcome)
-        assert outcome.seconds < 1 + 2.0, f"waited {outcome.seconds:.1f} s for a server known to be down"
+        # About a second, with room for a busy machine: not PGPOOL_TIMEOUT (10 s).
+        assert outcome.seconds < 5.0, f"waited {outcome.seconds:.1f} s for a server known to be down"
     logged = [r.getMessage() for r in caplog.records if "answering 503" in r.getMessage()]
     assert logged and all("could not connect" in line for line in logged)
     expected = "PGPOOL_DSN" if source == "PGPOOL_DSN" else "DATABASE_URL"
@@ -165,10 +172,11 @@ def test_a_server_known_to_be_down_fails_fast_then_recovers(
     started = time.monotonic()
     status = app.test_cli_runner().invoke(args=["pgpool-status"])
     assert status.exit_code == 1
-    assert time.monotonic() - started < 1 + 2.0
+    assert time.monotonic() - started < 5.0
 
     pg.start()
     up_at = time.monotonic()
     assert recovers(app)
-    assert time.monotonic() - up_at < 8.0, "requests did not succeed again within seconds of the server's return"
+    # The reconnect backoff is capped at 2 s; the rest is room for a busy machine.
+    assert time.monotonic() - up_at < 10.0, "requests did not succeed again within seconds of the server's return"
     assert_no_leak(pool_of(app))

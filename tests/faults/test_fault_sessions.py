@@ -21,6 +21,7 @@ from support.faults import (
     hammer,
     pool_of,
     request_within,
+    settled_sessions,
     wait_until,
 )
 
@@ -37,24 +38,31 @@ def pids(outcomes: list[Outcome]) -> set[int]:
 
 def test_terminated_idle_connections_are_not_handed_out(pg_dsn: str, admin: Admin, app_name: str) -> None:
     app = fault_app(pg_dsn, app_name)
-    before = pids(hammer(app, "/pid", threads=4, per_thread=3, limit=LIMIT))
+    pool = pool_of(app)
+    served = pids(hammer(app, "/pid", threads=4, per_thread=3, limit=LIMIT))
+    # The pool may hold more sessions than served requests: one opened for a
+    # waiter that a returned connection served first stays idle in the pool.
+    before = settled_sessions(pool, admin)
+    assert served <= before
     assert admin.terminate() == len(before)
 
     after = pids(hammer(app, "/pid", threads=4, per_thread=3, limit=LIMIT))
     assert not before & after
-    stats = assert_no_leak(pool_of(app))
+    stats = assert_no_leak(pool)
     assert stats["connections_lost"] >= 1
-    assert stats["pool_size"] == len(admin.sessions())
+    settled_sessions(pool, admin)
 
 
 def test_terminated_during_a_request_frees_the_slot(pg_dsn: str, admin: Admin, app_name: str) -> None:
     app = fault_app(pg_dsn, app_name, PGPOOL_MAXCONN=1)
     box: list[Outcome] = []
-    holding = threading.Thread(target=lambda: box.append(request_within(app, "/hold/1.0", LIMIT)))
+    # The view stays in its transaction until the test lets it go on.
+    holding = threading.Thread(target=lambda: box.append(request_within(app, "/held", 40)))
     holding.start()
-    assert wait_until(lambda: bool(admin.sessions("idle in transaction")), 5.0)
+    assert wait_until(lambda: bool(admin.sessions("idle in transaction")), 20.0)
     ((killed, _),) = admin.sessions()
     assert admin.terminate() == 1
+    app.config["release"].set()
     holding.join(LIMIT)
 
     # The view's own connection broke: uncaught, that answers 503 with Retry-After.
@@ -82,8 +90,8 @@ def test_idle_in_transaction_timeout_kills_the_session_not_the_pool(pg_dsn: str,
     # Quick requests keep working, on sessions that are not killed.
     assert pids(hammer(app, "/pid", threads=2, per_thread=5, limit=LIMIT))
     assert not admin.sessions("idle in transaction")
-    stats = assert_no_leak(pool)
-    assert stats["pool_size"] == len(admin.sessions())
+    assert_no_leak(pool)
+    settled_sessions(pool, admin)
 
 
 def test_idle_session_timeout_ends_pooled_connections(pg_dsn: str, admin: Admin, app_name: str) -> None:
@@ -91,10 +99,12 @@ def test_idle_session_timeout_ends_pooled_connections(pg_dsn: str, admin: Admin,
     at checkout, without a query, and opens new ones."""
     if admin.server_version() < 140000:
         pytest.skip("idle_session_timeout needs PostgreSQL 14")
-    app = fault_app(pg_dsn, app_name, connect_args={"options": "-c idle_session_timeout=300"})
+    # Long enough that a busy machine does not stall a request that long
+    # between its checkout and its query (the server would end it in between).
+    app = fault_app(pg_dsn, app_name, connect_args={"options": "-c idle_session_timeout=1000"})
     pool = pool_of(app)
     first = pids(hammer(app, "/pid", threads=3, per_thread=2, limit=LIMIT))
-    assert wait_until(lambda: not admin.sessions(), 5.0), "the server did not end the idle sessions"
+    assert wait_until(lambda: not admin.sessions(), 10.0), "the server did not end the idle sessions"
 
     second = pids(hammer(app, "/pid", threads=3, per_thread=2, limit=LIMIT))
     assert not first & second
@@ -107,15 +117,16 @@ def test_statement_timeout_cancels_the_query_and_keeps_the_connection(pg_dsn: st
         pg_dsn,
         app_name,
         PGPOOL_MAXCONN=1,
-        connect_args={"options": "-c statement_timeout=200"},
+        # Long enough for a quick query on a busy machine.
+        connect_args={"options": "-c statement_timeout=1000"},
     )
     pool = pool_of(app)
     (pid,) = pids([request_within(app, "/pid", LIMIT)])
 
     started = time.monotonic()
-    cancelled = request_within(app, "/sleep/5.0", LIMIT)
+    cancelled = request_within(app, "/sleep/10.0", LIMIT + 5)
     assert cancelled.status == 500  # QueryCanceled reaches the view
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 8  # not the 10 s asked for
 
     # The cancelled transaction was rolled back at return; the connection is
     # healthy and reused, not replaced.
@@ -127,32 +138,39 @@ def test_statement_timeout_cancels_the_query_and_keeps_the_connection(pg_dsn: st
 
 
 def test_a_slow_connect_does_not_hold_up_other_requests(pg_dsn: str, app_name: str) -> None:
-    """Connecting happens outside the pool's lock: while one request waits for a
-    slow new connection, a request that finds an idle one is served at once."""
+    """Connecting happens outside the pool's lock: while a new connection is
+    being opened (held here until the test lets it finish), a request that
+    finds an idle one is served at once."""
     connects: list[float] = []
     slow_connect_started = threading.Event()
+    connect_may_finish = threading.Event()
 
     def configure(conn: object) -> None:
         connects.append(time.monotonic())
         if len(connects) > 1:  # the first connection (the warm-up) is quick
             slow_connect_started.set()
-            time.sleep(2.0)
+            connect_may_finish.wait(30)
 
-    app = fault_app(pg_dsn, app_name, PGPOOL_MAXCONN=2, PGPOOL_CONFIGURE=configure)
+    app = fault_app(pg_dsn, app_name, PGPOOL_MAXCONN=2, PGPOOL_TIMEOUT=30, PGPOOL_CONFIGURE=configure)
+    pool = pool_of(app)
     assert request_within(app, "/one", LIMIT).status == 200  # one idle connection now
 
     box: list[Outcome] = []
-    holder = threading.Thread(target=lambda: box.append(request_within(app, "/hold/0.3", LIMIT)))
-    holder.start()  # takes the idle connection for 0.3 s
-    time.sleep(0.1)
-    connecting = threading.Thread(target=lambda: box.append(request_within(app, "/one", LIMIT)))
-    connecting.start()  # finds none idle: opens a second one, slowly
-    assert slow_connect_started.wait(5.0)
+    holder = threading.Thread(target=lambda: box.append(request_within(app, "/held", 40)))
+    holder.start()  # takes the idle connection until released
+    assert wait_until(lambda: pool.get_stats()["pool_available"] == 0, 10.0)
+    connecting = threading.Thread(target=lambda: box.append(request_within(app, "/one", 40)))
+    connecting.start()  # finds none idle: a second connection is opened, and held up
+    assert slow_connect_started.wait(10.0)
+    app.config["release"].set()
     holder.join(LIMIT)
 
-    quick = request_within(app, "/one", LIMIT)  # the holder's connection is idle again
+    # The holder's connection is idle again (or serves the waiting request,
+    # which then gives it back): either way, not behind the held-up connect.
+    quick = request_within(app, "/one", LIMIT)
     assert quick.status == 200
-    assert quick.seconds < 1.0, quick  # not behind the 2 s connect
+    assert pool.get_stats()["pool_size"] == 2  # the second connection is still being opened
+    connect_may_finish.set()
     connecting.join(LIMIT)
     assert [o.status for o in box] == [200, 200]
-    assert_no_leak(pool_of(app))
+    assert_no_leak(pool)

@@ -14,6 +14,7 @@ path is back, requests succeed within seconds.
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -150,11 +151,32 @@ def test_a_query_in_flight_when_the_path_goes_silent_fails_within_the_bound(
 def test_idle_connections_on_a_silent_path_are_found_dead_before_a_request_needs_them(
     path: NetNamespace, far: PgCluster, app_name: str, record_property: Callable[[str, object], None]
 ) -> None:
-    app = fault_app(far.dsn, app_name, PGPOOL_NETWORK_TIMEOUT=BOUND, PGPOOL_MAXCONN=3)
+    # The path counts every connection over it: the earlier tests' apps must be
+    # gone, and with them their pools' connections (freed at the next collection).
+    assert wait_until(lambda: gc.collect() >= 0 and path.connections() == 0, 20.0), "earlier connections are open"
+    app = fault_app(far.dsn, app_name, PGPOOL_NETWORK_TIMEOUT=BOUND, PGPOOL_MAXCONN=3, PGPOOL_TIMEOUT=20)
     pool = pool_of(app)
-    assert {o.status for o in hammer(app, "/sleep/0.2", threads=3, per_thread=1, limit=LIMIT)} == {200}
-    assert pool.get_stats()["pool_available"] == 3
-    assert path.connections() == 3
+    # Three requests that hold their connection until all three have one: three
+    # connections, however slowly a busy machine starts the threads.
+    outcomes: list[Outcome] = []
+    holders = [
+        threading.Thread(target=lambda: outcomes.append(request_within(app, "/held", 40)), daemon=True)
+        for _ in range(3)
+    ]
+    for holder in holders:
+        holder.start()
+
+    def all_three_out() -> bool:
+        stats = pool.get_stats()
+        return stats["pool_size"] - stats["pool_available"] == 3
+
+    assert wait_until(all_three_out, 30.0), pool.get_stats()
+    app.config["release"].set()
+    for holder in holders:
+        holder.join(LIMIT)
+    assert [o.status for o in outcomes] == [200] * 3
+    assert assert_no_leak(pool)["pool_available"] == 3
+    assert wait_until(lambda: path.connections() == 3, 10.0)
 
     path.cut()
     cut_at = time.monotonic()
@@ -167,7 +189,8 @@ def test_idle_connections_on_a_silent_path_are_found_dead_before_a_request_needs
     # no request fails, none waits for the network.
     outcomes = hammer(app, "/one", threads=3, per_thread=2, limit=LIMIT)
     assert [o.status for o in outcomes] == [200] * 6
-    assert max(o.seconds for o in outcomes) < 2.0
+    # Anything that waited on the dead path would have taken the bound.
+    assert max(o.seconds for o in outcomes) < BOUND
     stats = assert_no_leak(pool)
     assert stats["connections_lost"] == 3
     assert stats["returns_bad"] == 0

@@ -26,7 +26,7 @@ import pytest
 from flask import Flask, Response, abort, stream_with_context
 from flask.testing import FlaskClient
 from psycopg2.extensions import connection
-from support.faults import Admin, assert_no_leak, pool_of
+from support.faults import Admin, assert_no_leak, pool_of, settled_sessions
 from werkzeug.test import TestResponse
 
 from flask_pgpool import get_db
@@ -271,7 +271,7 @@ def test_soak_mixed_requests(make_app: Callable[..., Flask], table: str, pg_dsn:
     stats = assert_no_leak(pool_of(app))
     assert not admin.sessions("idle in transaction")
     assert not admin.sessions("idle in transaction (aborted)")
-    assert len(admin.sessions()) == stats["pool_size"]
+    settled_sessions(pool_of(app), admin)
 
     assert monitor.samples > 100
     assert monitor.max_pool_size <= MAXCONN

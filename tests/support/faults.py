@@ -20,6 +20,7 @@ from flask_pgpool import ConnectionPool, PgPool, get_db
 
 __all__ = [
     "LIMIT",
+    "RECOVERY",
     "Admin",
     "Outcome",
     "assert_clean_503",
@@ -29,6 +30,7 @@ __all__ = [
     "pool_of",
     "recovers",
     "request_within",
+    "settled_sessions",
     "wait_until",
 ]
 
@@ -62,6 +64,7 @@ def fault_app(dsn: str, app_name: str, *, connect_args: dict[str, Any] | None = 
       /pid                 the server process id of the request's connection
       /sleep/<s>           SELECT pg_sleep(s)
       /hold/<s>            open a transaction, stay idle in it for s seconds, query again
+      /held                the same until the test sets app.config["release"] (at most 30 s)
       /insert/<table>/<t>  insert t and commit
     """
     app = Flask(f"fault_app_{app_name}")
@@ -74,6 +77,7 @@ def fault_app(dsn: str, app_name: str, *, connect_args: dict[str, Any] | None = 
         PGPOOL_MAXCONN=4,
     )
     app.config.update(config)
+    app.config["release"] = threading.Event()
     PgPool(app)
 
     @app.get("/one")
@@ -100,6 +104,15 @@ def fault_app(dsn: str, app_name: str, *, connect_args: dict[str, Any] | None = 
         with db.cursor() as cur:
             cur.execute("SELECT 1")  # opens the transaction
             time.sleep(seconds)  # idle in transaction, as a slow view would be
+            cur.execute("SELECT 2")
+        return "held"
+
+    @app.get("/held")
+    def held() -> str:
+        db = get_db()
+        with db.cursor() as cur:
+            cur.execute("SELECT 1")  # opens the transaction
+            app.config["release"].wait(30)
             cur.execute("SELECT 2")
         return "held"
 
@@ -222,6 +235,25 @@ def assert_no_leak(pool: ConnectionPool, timeout: float = 5.0) -> dict[str, int]
 
     assert wait_until(idle, timeout), f"slots still in use or waiting after the requests ended: {stats}"
     return stats
+
+
+def settled_sessions(pool: ConnectionPool, admin: Admin, timeout: float = 10.0) -> set[int]:
+    """The pids of the app's server sessions, once the pool is idle and the server agrees with it.
+
+    Polled: a connection being opened counts in pool_size before its session
+    shows on the server, and a session the pool closed (or the server ended)
+    may still show for a moment after.
+    """
+    seen: dict[str, Any] = {}
+
+    def agree() -> bool:
+        stats = pool.get_stats()
+        seen["stats"] = stats
+        seen["pids"] = {pid for pid, _ in admin.sessions()}
+        return stats["pool_size"] == stats["pool_available"] == len(seen["pids"]) and not stats["requests_waiting"]
+
+    assert wait_until(agree, timeout), f"the pool and the server disagree: {seen}"
+    return set(seen["pids"])
 
 
 class Admin:

@@ -1,0 +1,125 @@
+"""Every use of Flask's private API, each behind one small function.
+
+Checked on Flask 2.3.0, 3.0.0 and 3.1.3 (``tests/extension/test_flask_compat.py``
+tests each function against the installed Flask). When a Flask release moves
+one of these internals, only this module changes.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from flask import Flask
+from flask import globals as flask_globals
+from flask.ctx import AppContext
+
+__all__ = [
+    "app_context",
+    "app_error_handlers",
+    "borrowing_request",
+    "enclosing_app_contexts",
+    "has_app_error_handler",
+    "push_marker",
+    "request_context",
+    "run_last_at_app_teardown",
+    "run_last_at_request_teardown",
+]
+
+# Flask's context variables. get_db() reads them directly because Flask's
+# proxies (has_app_context(), current_app, g) cost more than the pool's own
+# checkout on the request path. Flask >= 3.2 merges the request context into
+# the app context and may drop _cv_request: then no request borrows a context.
+_cv_app: contextvars.ContextVar[AppContext] = flask_globals._cv_app
+_cv_request: contextvars.ContextVar[Any] | None = getattr(flask_globals, "_cv_request", None)
+
+TeardownFunction = Callable[[BaseException | None], None]
+
+
+#: The current app context, or None. A C-level callable: the check of every
+#: cursor() of a request's connection calls it (see _guard).
+app_context: Callable[[], AppContext | None] = functools.partial(_cv_app.get, None)
+
+
+def request_context() -> Any | None:
+    """The current request context, or None (also on a Flask without request contexts)."""
+    return None if _cv_request is None else _cv_request.get(None)
+
+
+def borrowing_request(ctx: AppContext) -> Any | None:
+    """The current request context if it runs inside ``ctx`` without having pushed it.
+
+    Before Flask 3.2, a request context pushed while an app context of the
+    same app is current (pytest-flask's context for the test, or a test's
+    ``with app.app_context():`` around the test client) reuses that app
+    context: its ``g`` and its teardown belong to the outer context, not to
+    the request. ``RequestContext._cv_tokens`` records, for its first push,
+    the app context it pushed, or None when it reused one.
+    """
+    request = request_context()
+    if request is None or request.app is not ctx.app:
+        return None
+    tokens = request._cv_tokens
+    if tokens and tokens[0][1] is None:
+        return request
+    return None
+
+
+def push_marker(ctx: Any) -> object | None:
+    """An object that stays the same while ``ctx`` stays pushed, and differs once it is pushed again.
+
+    Contexts keep one ContextVar token per push in ``_cv_tokens`` (app
+    contexts: tokens; request contexts: (token, app context) pairs).
+    """
+    tokens = ctx._cv_tokens
+    return tokens[-1] if tokens else None
+
+
+def enclosing_app_contexts(ctx: AppContext) -> Iterator[AppContext]:
+    """``ctx``, then the app contexts it was pushed inside, innermost first.
+
+    Each push's token remembers the app context that was current before it.
+    """
+    seen: AppContext | None = ctx
+    while seen is not None:
+        yield seen
+        tokens = seen._cv_tokens
+        if not tokens:
+            return
+        previous = tokens[-1].old_value
+        seen = None if previous is contextvars.Token.MISSING else previous
+
+
+def app_error_handlers(app: Flask) -> Mapping[type[BaseException], Callable[..., Any]]:
+    """The app's own (not a blueprint's) error handlers for exception classes, by class.
+
+    ``error_handler_spec[blueprint][code]`` holds them; code None is for
+    classes rather than HTTP status codes.
+    """
+    return app.error_handler_spec[None][None]  # type: ignore[return-value]
+
+
+def has_app_error_handler(app: Flask, exc_class: type[BaseException]) -> bool:
+    """Whether the app itself (not a blueprint) registered a handler for exactly ``exc_class``."""
+    return exc_class in app_error_handlers(app)
+
+
+def run_last_at_app_teardown(app: Flask, func: TeardownFunction) -> None:
+    """Register ``func`` to run after every teardown_appcontext function, whenever they are registered.
+
+    Flask calls them in reverse order of registration: the first of the list
+    runs last.
+    """
+    app.teardown_appcontext_funcs.insert(0, func)
+
+
+def run_last_at_request_teardown(app: Flask, func: TeardownFunction) -> None:
+    """Register ``func`` to run after the app's other teardown_request functions (see above).
+
+    Also after the app has handled requests, which Flask's decorator refuses:
+    the list is replaced, not changed, so that a teardown running meanwhile
+    (in this thread or another) goes through the list it started with.
+    """
+    app.teardown_request_funcs[None] = [func, *app.teardown_request_funcs.get(None, [])]

@@ -1,0 +1,127 @@
+"""What one request (or app context) has checked out, until it ends.
+
+A :class:`Lease` holds the connections that :func:`~flask_pgpool.get_db`
+checked out for one request, one per bind. It ends when the request ends
+(or, for a streamed response, when the body has been sent): every connection
+goes back to where it came from, and a connection kept past that point
+refuses to work (see ``_guard``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import types
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from flask import Response
+from psycopg2.extensions import connection
+
+from ._guard import ENDED
+from ._streaming import ReleaseWhenSent
+
+__all__ = ["GiveBack", "Lease"]
+
+_log = logging.getLogger("flask_pgpool")
+
+
+#: Gives a connection back: to its pool, or to the test's connections under rolled_back().
+GiveBack = Callable[[connection], None]
+
+
+# Weak references to the objects that hold open leases (see Lease.__init__).
+_holders: set[weakref.ref[Any]] = set()
+
+
+class Lease:
+    """The connections one request (or app context) checked out, while it may use them."""
+
+    __slots__ = ("_holder", "conns", "ctx", "release")
+
+    def __init__(self, ctx: Any, holder: Any) -> None:
+        self.conns: dict[str, tuple[GiveBack, connection]] = {}
+        #: The app context it belongs to; ENDED once the connections are given back.
+        #: Weak: the app context holds the lease, and must be freed without it.
+        self.ctx: weakref.ref[Any] = weakref.ref(ctx)
+        #: Set while a streamed response holds the connections: call it to give them back.
+        self.release: Any = None
+        # ``holder`` (g, or a request context) keeps this lease until the
+        # teardown ends it. On Flask < 3.2 a teardown function that raises
+        # stops Flask from running the later ones, flask-pgpool's included:
+        # then the connections go back when the holder is freed.
+        self._holder: weakref.ref[Any] | None = weakref.ref(holder, self._holder_freed)
+        _holders.add(self._holder)
+
+    def _holder_freed(self, ref: weakref.ref[Any]) -> None:
+        _holders.discard(ref)
+        if self.conns and self.release is None and self.ctx is not ENDED:
+            _log.warning(
+                "flask-pgpool: a request's connections were given back only when its app context was freed; "
+                "did a teardown function raise? (before Flask 3.2 that stops the other teardown functions)"
+            )
+            self.end()
+
+    @property
+    def open(self) -> bool:
+        return self.ctx is not ENDED
+
+    @property
+    def held(self) -> bool:
+        """Whether a streamed response holds the connections until it is sent."""
+        return self.release is not None and self.ctx is not ENDED
+
+    def add(self, bind: str, give_back: GiveBack, conn: connection, guarded: bool) -> None:
+        self.conns[bind] = (give_back, conn)
+        if guarded:
+            # A connection_factory function's connection has no check, nor room for a lease.
+            with contextlib.suppress(AttributeError):
+                conn._pgpool_lease = self  # type: ignore[attr-defined]
+
+    def finish(self, exc: BaseException | None) -> bool:
+        """The request's teardown: give the connections back, unless a response that will be sent holds them.
+
+        An exception here means that the response carrying the streamed body
+        (if any) will not be sent: a hook or a ``request_finished`` receiver
+        failed after the body was wrapped. Returns whether a streamed response
+        still holds them. Never raises.
+        """
+        if self.release is None:
+            self.end()
+            return False
+        if exc is not None:
+            self.release()
+        return self.held
+
+    def end(self) -> None:
+        """Give every connection back; they refuse to work for whoever kept them. Never raises."""
+        conns, self.conns = self.conns, {}
+        try:
+            for bind, (give_back, conn) in conns.items():
+                try:
+                    give_back(conn)
+                except Exception:
+                    # A raising teardown would stop Flask < 3.2 from running the others.
+                    _log.exception("flask-pgpool: could not return the %r connection", bind)
+        finally:
+            self.ctx = ENDED
+            self.release = None
+            if self._holder is not None:
+                _holders.discard(self._holder)
+                self._holder = None
+
+    def hold_if_streamed(self, response: Response) -> Response:
+        """An after-this-request hook: keep the connections until a streamed body has been sent.
+
+        Flask 3.1.2+ ends the app context when the view returns, before the
+        body is streamed; giving the connections back then would roll back the
+        view's work and let another request use them while the stream still does.
+        Only a generator body can run view code after the view returned; other
+        streamed bodies (error pages, files) need no connection.
+        """
+        if self.conns and self.release is None and self.open and isinstance(response.response, types.GeneratorType):
+            body = ReleaseWhenSent(response.response, self)
+            self.release = body.release
+            response.response = body
+        return response
