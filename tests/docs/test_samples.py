@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -72,7 +73,7 @@ def test_several_databases_sample_runs(pg_dsn: str, admin: Any) -> None:
             cur.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
-def test_the_troubleshooting_503_handler_keeps_retry_after(make_app: Any) -> None:
+def test_the_troubleshooting_503_handler_keeps_retry_after(make_app: Callable[..., Flask]) -> None:
     [code] = [code for title, code in python_samples(DOCS / "troubleshooting.rst") if "errorhandler(503)" in code]
     app = make_app(PGPOOL_MAXCONN=1, PGPOOL_TIMEOUT=0.2, PGPOOL_RETRY_AFTER=3)
     exec(compile(code, "troubleshooting.rst", "exec"), {"app": app})

@@ -70,6 +70,7 @@ def serve_then_drop(
     return weakref.ref(app), threads
 
 
+@pytest.mark.no_pgbouncer  # counts the app's server sessions
 @pytest.mark.parametrize("close", [False, True], ids=["dropped", "closed"])
 @pytest.mark.parametrize("shared", [False, True], ids=["own-pgpool", "shared-pgpool"])
 def test_a_dropped_app_frees_its_pools(
@@ -86,6 +87,7 @@ def test_a_dropped_app_frees_its_pools(
         assert "apps=0" in repr(SHARED)
 
 
+@pytest.mark.no_pgbouncer  # counts the apps' server sessions
 def test_many_apps_from_a_factory_do_not_pile_up(pg_dsn: str, app_name: str, admin: connection, tmp_path: Path) -> None:
     refs = [serve_then_drop(pg_dsn, app_name, tmp_path, SHARED, close=False)[0] for _ in range(5)]
     wait_until(lambda: gc.collect() >= 0 and not any(r() for r in refs), timeout=10, what="the apps to be collected")
