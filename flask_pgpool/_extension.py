@@ -24,7 +24,7 @@ from . import _flask_compat as compat
 from ._config import DEFAULT_BIND, PoolSettings, check_options, read_settings
 from ._embedded import embedded_dsn
 from ._errors import PgPoolError
-from ._guard import ENDED, LeasingPool, guarded_factory
+from ._guard import ENDED, LeasingPool, StaleConnectionError, guarded_factory
 from ._leases import GiveBack, Lease
 from ._pool import ConnectionPool
 from ._responses import pass_on, service_unavailable
@@ -139,12 +139,17 @@ class PgPool:
                 return service_unavailable(error, retry_after)
 
             app.register_error_handler(PgPoolError, unavailable)
-        if not compat.has_app_error_handler(app, psycopg2.OperationalError):
+        # Not only OperationalError: after a connection broke, ``with conn:``
+        # (its rollback) raises InterfaceError("connection already closed")
+        # instead, and a broken COPY may raise a bare DatabaseError. Each class
+        # the app handles itself is left to it; a handler it has for
+        # psycopg2.Error still gets every error that is not a lost connection.
+        def lost(error: psycopg2.Error) -> ResponseReturnValue:
+            return _connection_lost(error, retry_after, lost)
 
-            def lost(error: psycopg2.OperationalError) -> ResponseReturnValue:
-                return _connection_lost(error, retry_after, lost)
-
-            app.register_error_handler(psycopg2.OperationalError, lost)
+        for driver_error in (psycopg2.OperationalError, psycopg2.InterfaceError, psycopg2.DatabaseError):
+            if not compat.has_app_error_handler(app, driver_error):
+                app.register_error_handler(driver_error, lost)
         # cli depends on this module, not the other way round; imported here only.
         from ._cli import status_command
 
@@ -466,11 +471,14 @@ def _end(namespace: dict[str, Any], scope: Any, exc: BaseException | None) -> No
     namespace[_ENDED_AT] = compat.push_marker(scope)
 
 
-def _connection_lost(error: psycopg2.OperationalError, retry_after: int, handler: Any) -> ResponseReturnValue:
+def _connection_lost(error: psycopg2.Error, retry_after: int, handler: Any) -> ResponseReturnValue:
     """The request's own connection broke (the network or the server went away): answer 503.
 
-    Any other OperationalError (a cancelled statement, a deadlock) goes on to
-    the app's own handlers, or becomes a 500, as if ``handler`` did not exist.
+    Whatever the driver raised about it (OperationalError, or InterfaceError
+    from a rollback on the broken connection). Any other driver error (a
+    cancelled statement, a deadlock, a constraint, use after the request's
+    end) goes on to the app's own handlers, or becomes a 500, as if
+    ``handler`` did not exist.
     """
     ctx = compat.app_context()
     lease = _current_lease(ctx.app) if ctx is not None else None
@@ -478,7 +486,8 @@ def _connection_lost(error: psycopg2.OperationalError, retry_after: int, handler
     cursor = getattr(error, "cursor", None)
     failed = [cursor.connection] if cursor is not None else pooled
     # closed == 2: psycopg2 found the connection broken (closed by the view is 1).
-    if ctx is None or not any(conn.closed == 2 and any(conn is p for p in pooled) for conn in failed):
+    broken = any(conn.closed == 2 and any(conn is p for p in pooled) for conn in failed)
+    if ctx is None or not broken or isinstance(error, StaleConnectionError):
         return pass_on(error, handler)
     message = str(error).strip()
     for pool in ctx.app.extensions["pgpool"].get_pools(ctx.app).values():

@@ -4,6 +4,7 @@ database errors reach the app's handlers as before."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -48,6 +49,29 @@ def lost_app(make_app: Callable[..., Flask]) -> Flask:
             cur.execute("SELECT pg_sleep(2)")
         return "not reached"
 
+    @app.get("/lose-in-with")
+    def lose_in_with() -> str:
+        # psycopg2's ``with conn:`` rolls back on the way out: on the broken
+        # connection that raises InterfaceError, which replaces the real error.
+        with get_db() as conn, conn.cursor() as cur:
+            cur.execute(KILL_OWN_SESSION)
+        return "not reached"
+
+    @app.get("/lose-then-use")
+    def lose_then_use() -> str:
+        db = get_db()
+        with contextlib.suppress(psycopg2.OperationalError), db.cursor() as cur:
+            cur.execute(KILL_OWN_SESSION)
+        db.cursor()  # InterfaceError: connection already closed
+        return "not reached"
+
+    @app.get("/closed-by-view")
+    def closed_by_view() -> str:
+        db = get_db()
+        db.close()
+        db.cursor()  # InterfaceError on a connection the view closed itself: its own bug
+        return "not reached"
+
     @app.get("/one")
     def one() -> str:
         with get_db().cursor() as cur:
@@ -79,6 +103,23 @@ def test_a_connection_lost_answers_json_to_who_asks(lost_app: Flask) -> None:
         "retry_after": 1,
     }
     assert response.headers["Retry-After"] == "1"
+
+
+@pytest.mark.parametrize("path", ["/lose-in-with", "/lose-then-use"])
+def test_a_lost_connection_reported_as_interface_error_answers_503(
+    lost_app: Flask, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = lost_app.test_client()
+    with caplog.at_level(logging.WARNING, logger="flask_pgpool"):
+        response = client.get(path)
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+    assert "the connection to the database was lost: connection already closed" in caplog.text
+    assert client.get("/one").status_code == 200
+
+
+def test_a_connection_the_view_closed_is_its_own_error(lost_app: Flask) -> None:
+    assert lost_app.test_client().get("/closed-by-view").status_code == 500
 
 
 def test_a_view_may_catch_the_drivers_error(lost_app: Flask) -> None:
