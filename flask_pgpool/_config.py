@@ -399,8 +399,8 @@ SETTINGS: tuple[Setting, ...] = (
         _reset,
         doc="""
         Run on every returned connection so that no session state reaches the
-        next request: SQL run in autocommit (``"DISCARD ALL"``) or a function
-        given the connection. It costs one round trip per request;
+        next request: SQL (``"DISCARD ALL"``) or a function given the
+        connection, either run in autocommit. It costs one round trip per request;
         ``PGPOOL_CONFIGURE`` runs again after it. A reset that fails closes the
         connection.
         """,

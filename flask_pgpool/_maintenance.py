@@ -117,7 +117,8 @@ def drain(pool: ConnectionPool) -> None:
             state.records.pop(id(record.conn), None)
         # As many new ones as were idle, so that the next checkouts find one
         # (a failing server gets one attempt at a time, from grow()).
-        replace = 0 if state.backoff.active or pool.closed else min(len(retiring), pool.maxconn - state.size)
+        # Never below 0: a resize() may have left more in use than the new maxconn.
+        replace = 0 if state.backoff.active or pool.closed else max(0, min(len(retiring), pool.maxconn - state.size))
         state.opening += replace
         count = replace + grow(pool, state, _monotonic())
     _log.info("pool %r: draining; %d idle connection(s) closed", pool.name, len(retiring))

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Hashable
 from typing import Any
 
-from psycopg2.extensions import TRANSACTION_STATUS_IDLE, connection
+from psycopg2.extensions import STATUS_READY, TRANSACTION_STATUS_IDLE, connection
 from psycopg2.pool import ThreadedConnectionPool
 
 from . import _checkout, _fork, _housekeeper, _maintenance, _messages, _returning
@@ -49,6 +49,7 @@ __all__ = ["STATS_KEYS", "ConnectionPool"]
 _log = logging.getLogger("flask_pgpool")
 _monotonic = time.monotonic
 _IDLE = TRANSACTION_STATUS_IDLE
+_READY = STATUS_READY
 _getpid = os.getpid
 
 # A checkout that finds the database down (the last connect failed and no
@@ -251,6 +252,7 @@ class ConnectionPool(ThreadedConnectionPool):
             and self.reset is None
             and not record.conn.closed
             and record.conn.get_transaction_status() == _IDLE
+            and record.conn.status == _READY  # else the driver thinks a transaction is open
             and session_of(record.conn) == record.session
             and not (record.idle_watched and self._failover.reports_read_only(record.conn))
         ):

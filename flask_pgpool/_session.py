@@ -13,6 +13,7 @@ from typing import Any
 
 import psycopg2
 from psycopg2.extensions import (
+    STATUS_READY,
     TRANSACTION_STATUS_IDLE,
     TRANSACTION_STATUS_INERROR,
     TRANSACTION_STATUS_INTRANS,
@@ -24,8 +25,8 @@ from ._queries import execute
 
 __all__ = ["Reset", "close_quietly", "reset_for_reuse", "restore_session", "session_of"]
 
-#: A reset run when a connection is returned: SQL run in autocommit (e.g.
-#: ``"DISCARD ALL"``), or a function given the connection.
+#: A reset run when a connection is returned: SQL (e.g. ``"DISCARD ALL"``),
+#: or a function given the connection, run in autocommit.
 Reset = str | Callable[[connection], None]
 
 _OPEN = (TRANSACTION_STATUS_INTRANS, TRANSACTION_STATUS_INERROR)
@@ -78,9 +79,15 @@ def reset_for_reuse(
     session settings are put back as they were when the connection was opened.
     """
     status = conn.get_transaction_status() if not conn.closed else None
-    if status in _OPEN or reset is not None:
+    # The driver's view counts too: after a COMMIT or ROLLBACK sent as SQL the
+    # server is idle but psycopg2 still thinks a transaction is open, and would
+    # send no BEGIN for the next borrower (whose work would then autocommit).
+    # A two-phase transaction left prepared or failed refuses rollback(): the
+    # connection is then discarded.
+    driver_open = not conn.closed and conn.status != STATUS_READY
+    if status in _OPEN or driver_open or reset is not None:
         with bounded(conn, timeout) as watchdog:
-            if status in _OPEN:
+            if status in _OPEN or driver_open:
                 conn.rollback()
                 if conn.get_transaction_status() in _OPEN:
                     execute_plain(conn, "ROLLBACK")
@@ -89,7 +96,7 @@ def reset_for_reuse(
         if watchdog.fired:
             raise psycopg2.OperationalError("the rollback or reset did not finish in time")
         status = conn.get_transaction_status()
-    if status != TRANSACTION_STATUS_IDLE:
+    if status != TRANSACTION_STATUS_IDLE or conn.status != STATUS_READY:
         raise psycopg2.InterfaceError("connection closed, lost, or still running a query")
     if reset is not None or session_of(conn) != session:
         restore_session(conn, session)
@@ -99,7 +106,13 @@ def _run_reset(conn: connection, reset: Reset, configure: Callable[[connection],
     if isinstance(reset, str):
         execute_plain(conn, reset)
     else:
-        reset(conn)
+        # In autocommit like the SQL form, so that DISCARD ALL works in either.
+        autocommit = conn.autocommit
+        conn.autocommit = True
+        try:
+            reset(conn)
+        finally:
+            conn.autocommit = autocommit
     if conn.info.transaction_status in _OPEN:
         conn.rollback()
     if configure is not None:

@@ -40,6 +40,57 @@ def test_begin_sent_in_autocommit_is_ended_on_return(make_pool: PoolFactory, adm
     pool.putconn(conn)
 
 
+@pytest.mark.no_pgbouncer  # a COMMIT sent as SQL inside PgBouncer's transaction pooling ends the pairing
+@pytest.mark.parametrize("statement", ["COMMIT", "ROLLBACK"])
+def test_a_transaction_ended_with_sql_is_ended_for_the_driver_too(
+    make_pool: PoolFactory, admin: connection, statement: str
+) -> None:
+    """After COMMIT sent as SQL the server is idle but psycopg2 thinks a
+    transaction is open: pooled as it is, it would send no BEGIN for the next
+    borrower, whose uncommitted work would then be committed statement by statement."""
+    pool = make_pool(0, 1)
+    conn = pool.getconn()
+    with conn.cursor() as cur:
+        cur.execute("SELECT 1")
+        cur.execute(statement)
+    pool.putconn(conn)
+    again = pool.getconn()
+    with again.cursor() as cur:
+        cur.execute("CREATE TEMP TABLE IF NOT EXISTS pgpool_sql_commit (n int)")
+        cur.execute("INSERT INTO pgpool_sql_commit VALUES (1)")
+    again.rollback()  # what the next request's teardown does with its uncommitted work
+    with again.cursor() as cur:
+        cur.execute("SELECT to_regclass('pg_temp.pgpool_sql_commit') IS NULL")
+        row = cur.fetchone()
+    again.rollback()
+    assert row == (True,), "the next borrower's work was committed without commit()"
+    assert pool.get_stats()["returns_bad"] == 0  # set right, not thrown away
+    pool.putconn(again)
+
+
+@pytest.mark.no_pgbouncer  # two-phase commit is refused by PgBouncer in transaction pooling
+def test_a_failed_two_phase_transaction_is_not_pooled(make_pool: PoolFactory) -> None:
+    pool = make_pool(0, 1)
+    conn = pool.getconn()
+    conn.tpc_begin(conn.xid(1, "pgpool-test", "branch"))
+    with conn.cursor() as cur:
+        cur.execute("SELECT 1")
+    try:
+        conn.tpc_prepare()  # refused unless the server allows prepared transactions
+    except psycopg2.Error:
+        pass
+    else:
+        conn.tpc_rollback()
+        conn.tpc_begin(conn.xid(2, "pgpool-test", "branch"))
+    pool.putconn(conn)
+    again = pool.getconn()
+    with again.cursor() as cur:
+        cur.execute("SELECT 1")
+    again.commit()  # refused during a two-phase transaction, had the connection been kept
+    assert again is not conn
+    pool.putconn(again)
+
+
 def _session_state(conn: connection) -> tuple[str, str, list[str]]:
     with conn.cursor() as cur:
         cur.execute("SHOW search_path")
@@ -77,7 +128,7 @@ def test_session_state_survives_a_return_by_default(make_pool: PoolFactory) -> N
 @pytest.mark.parametrize("reset", ["DISCARD ALL", "callable"])
 def test_reset_clears_session_state_on_return(make_pool: PoolFactory, reset: str) -> None:
     def discard(conn: connection) -> None:
-        conn.autocommit = True
+        # Called in autocommit, as the SQL form runs: DISCARD ALL works as it is.
         with conn.cursor() as cur:
             cur.execute("DISCARD ALL")
 

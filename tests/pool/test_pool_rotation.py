@@ -141,3 +141,29 @@ def test_drain_retires_a_connection_being_opened(secrets: Secrets, pools: Callab
     conn = checkout(10)
     assert conn.info.password == "s3cr3t-2"
     pool.putconn(conn)
+
+
+def test_drain_after_a_shrinking_resize_never_opens_beyond_maxconn(
+    make_pool: PoolFactory, server_sessions: Callable[..., list[tuple[Any, ...]]]
+) -> None:
+    """resize() to fewer connections than are in use, then drain(): the count of
+    connections to open must not go negative (which made the pool forget some and
+    open more every round)."""
+    pool = make_pool(0, 4)
+    for _ in range(3):
+        held = [pool.getconn() for _ in range(4)]
+        pool.resize(0, 2)
+        pool.drain()
+        for conn in held:
+            pool.putconn(conn)
+        pool.resize(0, 4)
+        stats = pool.get_stats()
+        assert stats["pool_available"] <= stats["pool_size"] <= 4
+    wait_until(lambda: len(server_sessions()) <= 4, timeout=10, what="at most maxconn server sessions")
+    # The pool still counts right: it hands out its four, and no fifth.
+    held = [pool.getconn() for _ in range(4)]
+    with pytest.raises(PoolTimeout):
+        pool.getconn(timeout=0.2)
+    for conn in held:
+        pool.putconn(conn)
+    assert len(server_sessions()) <= 4
