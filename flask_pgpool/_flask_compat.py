@@ -81,14 +81,20 @@ def enclosing_app_contexts(ctx: AppContext) -> Iterator[AppContext]:
     """``ctx``, then the app contexts it was pushed inside, innermost first.
 
     Each push's token remembers the app context that was current before it.
+    A context pushed again while it is current (Flask's test client re-pushes
+    the context a request borrowed; ``with ctx, ctx:``) remembers itself:
+    such tokens are skipped, and the walk never gives a context twice.
     """
+    given: list[AppContext] = []
     seen: AppContext | None = ctx
-    while seen is not None:
+    while seen is not None and not any(seen is done for done in given):
         yield seen
-        tokens = seen._cv_tokens
-        if not tokens:
-            return
-        previous = tokens[-1].old_value
+        given.append(seen)
+        current = seen
+        previous: Any = next(
+            (token.old_value for token in reversed(current._cv_tokens) if token.old_value is not current),
+            None,
+        )
         seen = None if previous is contextvars.Token.MISSING else previous
 
 

@@ -127,6 +127,8 @@ def _check(lease: _Lease) -> None:
     owner = lease.ctx()
     if any(ctx is owner for ctx in compat.enclosing_app_contexts(current)):
         return  # an app context pushed inside the request
+    if _called_by_the_pool():
+        return  # the rollback of its return, run from whichever context ends the request
     raise StaleConnectionError(
         "this connection belongs to another request (app context): call get_db() in the request "
         "that uses it instead of sharing a connection kept from another one"

@@ -9,6 +9,7 @@ not commit and give its connection back when it ends.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 
@@ -211,3 +212,49 @@ def test_rolled_back_inside_a_pushed_context(plain_app: Flask, admin: connection
         assert client.get("/bad-sql").status_code == 500
         assert client.get("/count").json == {"count": 1}
     assert outside_count(admin, table) == 0
+
+
+def _finishes(work: Callable[[], None], seconds: float = 30) -> None:
+    """Run ``work`` in a thread: a loop that never ends fails the test instead of hanging the suite."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as exc:  # handed to the test below
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"did not finish in {seconds} s"
+    if errors:
+        raise errors[0]
+
+
+def test_the_test_clients_kept_context_then_a_nested_app_context(plain_app: Flask) -> None:
+    """The Flask tutorial's tests check the data with ``with app.app_context(): get_db()``
+    after a request, inside ``with client:`` (pytest-flask's ``client`` fixture keeps it
+    open): the test client pushes the request's app context again while it is current."""
+
+    def scenario() -> None:
+        with plain_app.test_request_context(), plain_app.test_client() as client:
+            assert client.get("/count").status_code == 200
+            with plain_app.app_context(), get_db().cursor() as cur:
+                cur.execute("SELECT 1")
+
+    _finishes(scenario)
+    stats = plain_app.extensions["pgpool"].get_stats(app=plain_app)
+    assert stats["returns_bad"] == 0, "a healthy connection was thrown away on its return"
+    assert idle(plain_app)
+
+
+def test_an_app_context_pushed_twice_may_use_the_enclosing_connection(plain_app: Flask) -> None:
+    def scenario() -> None:
+        with plain_app.app_context():
+            db = get_db()
+            inner = plain_app.app_context()
+            with inner, inner, db.cursor() as cur:
+                cur.execute("SELECT 1")
+
+    _finishes(scenario)
