@@ -1,4 +1,4 @@
-"""``python -m benchmarks.engine [--quick] [--profile] [--dsn DSN] [--out DIR]``."""
+"""``python -m benchmarks.engine [--quick] [--profile] [--instructions] [--dsn DSN] [--out DIR]``."""
 
 from __future__ import annotations
 
@@ -34,6 +34,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.engine", description=__doc__)
     ap.add_argument("--quick", action="store_true", help="short runs that check the harness (< 1 min)")
     ap.add_argument("--profile", action="store_true", help="where flask-pgpool's time goes: engine-profile.md")
+    ap.add_argument(
+        "--instructions",
+        action="store_true",
+        help="instructions per pair under valgrind, which the machine's load does not blur: engine-instructions.md",
+    )
     ap.add_argument(
         "--render", action="store_true", help="only rewrite the Markdown (and chart) from the JSON of the last run"
     )
@@ -108,6 +113,18 @@ def main(argv: list[str] | None = None) -> int:
             from .profile import run_profile
 
             run_profile(db.dsn, out, machine, versions(), args.quick, _log)
+            return 0
+        if args.instructions:
+            from .instructions import run_instructions, write
+
+            counted: dict[str, Any] = {
+                "started": datetime.datetime.fromtimestamp(started, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+                "machine": machine,
+                "versions": versions(),
+            }
+            counted.update(run_instructions(contenders, db.dsn, _log, repeats=1 if args.quick else 2))
+            counted["elapsed_s"] = time.time() - started
+            _log(f"\nresults: {write(out, counted)}")
             return 0
         plan = _plan(args, contenders)
         results: dict[str, Any] = {
