@@ -26,7 +26,7 @@ import logging
 import threading
 import time
 
-from psycopg2.extensions import TRANSACTION_STATUS_IDLE, connection
+from psycopg2.extensions import connection
 
 from ._health import bounded
 from ._record import ConnectionRecord
@@ -67,8 +67,9 @@ class FailoverGuard:
         """A connection was opened (connect begun at ``started``): note whether its server takes writes."""
         record.verified_at = started
         record.on_primary = self.enabled and not _reports_read_only(conn)
-        # In autocommit a refused write leaves the connection idle: its return is looked at.
-        record.idle_watched = record.on_primary and conn.autocommit
+        # A refused write can come back idle (autocommit; ``with conn:`` or the
+        # view rolled back): every return of a read-write connection is looked at.
+        record.idle_watched = record.on_primary
         if record.on_primary and self._detected_at is not None:
             self._recovered(conn)
 
@@ -91,23 +92,22 @@ class FailoverGuard:
 
     def reports_read_only(self, conn: connection) -> bool:
         """For a connection returned idle as it was handed out, when ``record.idle_watched``:
-        must it go through :meth:`returned`? (One client-side read.)
+        must it go through :meth:`returned`? (One client-side read, no round trip.)
 
-        A transaction committed in full (not autocommit) began before any
-        fence, and a later checkout finds out; so only autocommit connections,
-        where a refused write leaves the connection idle, are looked at.
+        Idle says nothing of how the request went: a write the server refused
+        comes back idle in autocommit, after ``with conn:`` and after the
+        view's own rollback. The server reports the fence on the session
+        (``default_transaction_read_only``) by its next answer.
         """
         return conn.get_parameter_status(_READ_ONLY) == "on"
 
-    def returned(self, conn: connection, record: ConnectionRecord, status: int | None) -> bool:
+    def returned(self, conn: connection, record: ConnectionRecord) -> bool:
         """On return, outside the pool's lock: False if the connection's server went read-only.
 
-        ``status`` is the transaction status it was returned in. A transaction
-        committed in full (idle, not autocommit) is not looked at: it began
-        before any fence, and a later checkout finds out. Otherwise it costs
-        one client-side read; a round trip only when the server reports read-only.
+        It costs one client-side read; a round trip only when the server
+        reports read-only.
         """
-        if not record.on_primary or (status == TRANSACTION_STATUS_IDLE and not conn.autocommit):
+        if not record.on_primary:
             return True
         if conn.get_parameter_status(_READ_ONLY) != "on":
             return True

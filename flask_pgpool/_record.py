@@ -100,7 +100,8 @@ class ConnectionRecord:
         self.leak_reported = False
         # Failover (see _failover): opened on a server that took writes, and
         # when that was last known to hold (opened, or pinged since); whether a
-        # return in idle state is looked at too (autocommit).
+        # return in idle state is looked at too (every connection of a
+        # read-write pool: a refused write may come back idle).
         self.on_primary = False
         self.verified_at = opened_at
         self.idle_watched = False

@@ -75,10 +75,8 @@ def reset(pool: ConnectionPool, record: ConnectionRecord) -> bool:
     """Outside the lock: make a returned connection reusable, or say it is not."""
     conn = record.conn
     try:
-        # Before the rollback: the failover check depends on how it came back.
-        status = conn.get_transaction_status() if not conn.closed else None
         reset_for_reuse(conn, record.session, pool._ping_limit, pool.reset, pool._connector.configure)
-        if not pool._failover.returned(conn, record, status):
+        if not pool._failover.returned(conn, record):
             return False
     except Exception as exc:
         with pool._state.lock:

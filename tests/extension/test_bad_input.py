@@ -276,3 +276,13 @@ def test_get_db_after_close_answers_503(make_app: Callable[..., Flask]) -> None:
     assert response.headers["Retry-After"] == "1"
     with app.app_context(), pytest.raises(PoolClosed):
         get_db()
+
+
+def test_an_app_given_where_the_bind_name_goes_says_how_to_pass_it(make_app: Callable[..., Flask]) -> None:
+    app = make_app()
+    pgpool = app.extensions["pgpool"]
+    with pytest.raises(TypeError, match=r"pass the app as app=\.\.\., e\.g\. get_stats\(app=app\)"):
+        pgpool.get_stats(app)
+    with pytest.raises(TypeError, match="the first argument is the bind's name"):
+        pgpool.get_pool(app)
+    assert pgpool.get_stats(app=app)["pool_max"] >= 1

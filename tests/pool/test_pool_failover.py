@@ -88,7 +88,25 @@ def open_idle(pool: object, count: int) -> list[int]:
     return pids
 
 
-@pytest.mark.parametrize("in_autocommit", [False, True])
+def failed_write(conn: connection, table: str, ended_by: str) -> None:
+    """A write the fenced server refuses, ended the way views end one."""
+    with pytest.raises(psycopg2.errors.ReadOnlySqlTransaction):
+        if ended_by == "with conn":  # the README's pattern: its exit rolls back
+            with conn, conn.cursor() as cur:
+                cur.execute(f"INSERT INTO {table} VALUES (1)")
+        else:
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(f"INSERT INTO {table} VALUES (1)")
+            finally:
+                if ended_by == "rollback":  # a view that catches the error and rolls back
+                    conn.rollback()
+
+
+@pytest.mark.parametrize(
+    ("in_autocommit", "ended_by"),
+    [(False, "nothing"), (False, "with conn"), (False, "rollback"), (True, "nothing")],
+)
 def test_fenced_server_found_on_return_and_idle_connections_verified(
     primary: ReplicatedPair,
     make_pool: PoolFactory,
@@ -96,6 +114,7 @@ def test_fenced_server_found_on_return_and_idle_connections_verified(
     app_name: str,
     caplog: pytest.LogCaptureFixture,
     in_autocommit: bool,
+    ended_by: str,
 ) -> None:
     caplog.set_level(logging.INFO, logger="flask_pgpool")
     pool = make_pool(0, 3, timeout=2, configure=autocommit if in_autocommit else None)
@@ -103,8 +122,7 @@ def test_fenced_server_found_on_return_and_idle_connections_verified(
     primary.fence(primary.nodes[0])
 
     conn = pool.getconn()
-    with pytest.raises(psycopg2.errors.ReadOnlySqlTransaction), conn.cursor() as cur:
-        cur.execute(f"INSERT INTO {table} VALUES (1)")
+    failed_write(conn, table, ended_by)
     pool.putconn(conn)  # the request's error is its own; the connection is not kept
     assert backend_pid(conn) not in sessions(primary, app_name)
 
