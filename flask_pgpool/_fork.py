@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from ._pool import ConnectionPool
     from ._state import ProcessState
 
-__all__ = ["release_sockets", "reset_if_forked", "track"]
+__all__ = ["current_state", "release_sockets", "stale", "track"]
 
 _pools: weakref.WeakSet[ConnectionPool] = weakref.WeakSet()
 _lock = threading.Lock()
@@ -41,11 +41,28 @@ def track(pool: ConnectionPool) -> None:
     _pools.add(pool)
 
 
-def reset_if_forked(pool: ConnectionPool) -> ProcessState:
-    """The pool's state for this process (new if the process forked unseen)."""
+def stale(state: ProcessState) -> bool:
+    """Is ``state`` not this process's, or made before gevent patched threading?
+
+    Checked on every checkout: a comparison of two attributes with module globals.
+    """
+    return state.pid != os.getpid() or state.lock_factory is not threading.Lock
+
+
+def current_state(pool: ConnectionPool) -> ProcessState:
+    """The pool's state for this process.
+
+    New if the process forked unseen. Made again if gevent patched the
+    process after the state was made (an app created before
+    ``gevent.monkey.patch_all()``): its locks would block the whole process
+    and psycopg2 would have no wait callback. The connections are kept.
+    """
     with _lock:
-        if pool._state.pid != os.getpid():
+        state = pool._state
+        if state.pid != os.getpid():
             pool._after_fork()
+        elif state.lock_factory is not threading.Lock:
+            pool._after_patch()
     return pool._state
 
 

@@ -5,7 +5,6 @@ the pool's lock."""
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import TYPE_CHECKING
 
@@ -21,7 +20,6 @@ __all__ = ["check", "close_pool", "drain", "resize"]
 
 _log = logging.getLogger("flask_pgpool")
 _monotonic = time.monotonic
-_getpid = os.getpid
 
 
 def close_pool(pool: ConnectionPool) -> None:
@@ -31,8 +29,8 @@ def close_pool(pool: ConnectionPool) -> None:
     nothing. In a child process it never touches the parent's connections.
     """
     state = pool._state
-    if state.pid != _getpid():
-        state = _fork.reset_if_forked(pool)
+    if _fork.stale(state):
+        state = _fork.current_state(pool)
     with state.lock:
         if pool.closed:
             return

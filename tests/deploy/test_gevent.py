@@ -263,3 +263,62 @@ def test_a_pool_used_before_fork_works_in_a_child_that_gevent_patched(
 ) -> None:
     result = _run_script(tmp_path, FORK_THEN_PATCH_SCRIPT, pg_server_dsn, app_name)
     assert result == {"done": 8, "errors": []}
+
+
+LATE_PATCH_SCRIPT = """
+    import faulthandler, json, sys, time
+    from flask import Flask
+    from flask_pgpool import PgPool, get_db
+
+    faulthandler.dump_traceback_later(40, exit=True)  # a deadlock fails instead of hanging
+    dsn, app_name, use_before = sys.argv[1], sys.argv[2], sys.argv[3] == "used"
+
+    # The app and its pool are made before gevent patches anything, as in a
+    # script that imports the app, then patches, then serves with gevent.pywsgi.
+    app = Flask(__name__)
+    app.config.update(PGPOOL_DSN=dsn, PGPOOL_MAXCONN=10, PGPOOL_TIMEOUT=20,
+                      PGPOOL_CONNECT_ARGS={"application_name": app_name})
+    PgPool(app)
+
+    @app.get("/sleep")
+    def sleep():
+        with get_db().cursor() as cur:
+            cur.execute("SELECT pg_sleep(0.3)")
+        return "ok"
+
+    if use_before:  # a query at import time: the pool has connections, threads and a watchdog already
+        with app.test_request_context():
+            with get_db().cursor() as cur:
+                cur.execute("SELECT 1")
+
+    from gevent import monkey
+
+    monkey.patch_all()
+
+    import gevent
+
+    def request(i):
+        return app.test_client().get("/sleep").status_code
+
+    ticks = []
+    ticker = gevent.spawn(lambda: [ticks.append(gevent.sleep(0.05)) for _ in range(10000)])
+    started = time.monotonic()
+    jobs = [gevent.spawn(request, i) for i in range(20)]
+    gevent.joinall(jobs, timeout=30)
+    elapsed = time.monotonic() - started
+    ticker.kill()
+    print(json.dumps({"ok": sum(1 for j in jobs if j.value == 200), "elapsed": elapsed, "ticks": len(ticks),
+                      "errors": [repr(j.exception) for j in jobs if j.exception]}), flush=True)
+"""
+
+
+@pytest.mark.parametrize("use_before", ["unused", "used"])
+def test_an_app_made_before_gevent_patched_the_process_does_not_block_it(
+    use_before: str, pg_server_dsn: str, app_name: str, tmp_path: Path
+) -> None:
+    result = _run_script(tmp_path, LATE_PATCH_SCRIPT, pg_server_dsn, app_name, use_before, timeout=90)
+    assert result["errors"] == [] and result["ok"] == 20
+    # Blocking, the 20 queries would run one at a time (6 s) and nothing else
+    # would run meanwhile; cooperating, ten at a time on maxconn=10 (0.6 s).
+    assert result["elapsed"] < 4, result
+    assert result["ticks"] >= 5, result
