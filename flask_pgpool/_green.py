@@ -21,7 +21,9 @@ from typing import Any
 import psycopg2
 from psycopg2 import extensions
 
-__all__ = ["GeventSetupError", "ensure_cooperative", "gevent_wait", "patch_pending"]
+from ._health import bounded
+
+__all__ = ["BoundedConnect", "GeventSetupError", "bound_connects", "ensure_cooperative", "gevent_wait", "patch_pending"]
 
 _log = logging.getLogger("flask_pgpool")
 
@@ -81,6 +83,56 @@ def ensure_cooperative() -> None:
         _log.info("flask-pgpool: gevent has patched this process; psycopg2 now waits through gevent")
     elif current is not gevent_wait:
         _log.debug("flask-pgpool: keeping the psycopg2 wait callback already set: %r", current)
+        bound_connects()
+
+
+def bound_connects() -> None:
+    """Make sure a connect ends within its ``connect_timeout`` whatever wait callback is set.
+
+    libpq applies ``connect_timeout`` only to blocking connects; with a wait
+    callback the connect is asynchronous, and a callback that waits without
+    a limit (psycogreen's, ``psycopg2.extras.wait_select``) would wait for
+    ever on a server that accepts and never answers, holding the pool's slot.
+    Such a callback is wrapped in :class:`BoundedConnect`, which calls it
+    unchanged. Called before each connect: a callback set after the pool was
+    made is wrapped too.
+    """
+    current = extensions.get_wait_callback()
+    if current is None or current is gevent_wait or isinstance(current, BoundedConnect):
+        return
+    extensions.set_wait_callback(BoundedConnect(current))
+    _log.debug("flask-pgpool: connects through the wait callback %r are bounded by connect_timeout", current)
+
+
+class BoundedConnect:
+    """A psycopg2 wait callback that bounds connects by ``connect_timeout``, around the one it wraps.
+
+    While connecting, a watchdog shuts the socket down at the deadline: the
+    wrapped callback's wait ends, and the connect fails with "timeout
+    expired". Queries go to the wrapped callback untouched.
+    """
+
+    __slots__ = ("__wrapped__",)
+
+    def __init__(self, callback: Any) -> None:
+        self.__wrapped__ = callback
+
+    def __call__(self, conn: Any) -> None:
+        deadline = _connect_deadline(conn)
+        if deadline is None:
+            self.__wrapped__(conn)
+            return
+        with bounded(conn, deadline - time.monotonic()) as watchdog:
+            try:
+                self.__wrapped__(conn)
+            except psycopg2.Error:
+                if not watchdog.fired:
+                    raise
+        if watchdog.fired:
+            raise psycopg2.OperationalError("timeout expired (connect_timeout)")
+
+    def __repr__(self) -> str:
+        return f"<flask-pgpool connect bound around {self.__wrapped__!r}>"
 
 
 def gevent_wait(conn: Any) -> None:

@@ -90,6 +90,7 @@ INSTALL_SCRIPT = """
         print(json.dumps({{"error": type(exc).__name__, "message": str(exc)}}))
     else:
         callback = psycopg2.extensions.get_wait_callback()
+        callback = getattr(callback, "__wrapped__", callback)  # kept, with connects bounded around it
         print(json.dumps({{"callback": getattr(callback, "__qualname__", None),
                            "module": getattr(callback, "__module__", None)}}))
 """
@@ -322,3 +323,64 @@ def test_an_app_made_before_gevent_patched_the_process_does_not_block_it(
     # would run meanwhile; cooperating, ten at a time on maxconn=10 (0.6 s).
     assert result["elapsed"] < 4, result
     assert result["ticks"] >= 5, result
+
+
+OWN_CALLBACK_SCRIPT = """
+    import json, socket, sys, time
+
+    which = sys.argv[1]
+    if which == "psycogreen":
+        from gevent import monkey
+
+        monkey.patch_all()
+        from gevent.socket import wait_read, wait_write
+        import psycopg2.extensions as ext
+
+        def wait(conn):  # what psycogreen.gevent.patch_psycopg() installs: waits without a limit
+            while True:
+                state = conn.poll()
+                if state == ext.POLL_OK:
+                    break
+                elif state == ext.POLL_READ:
+                    wait_read(conn.fileno())
+                elif state == ext.POLL_WRITE:
+                    wait_write(conn.fileno())
+
+        ext.set_wait_callback(wait)
+    else:
+        import psycopg2.extensions, psycopg2.extras
+
+        psycopg2.extensions.set_wait_callback(psycopg2.extras.wait_select)
+
+    from flask_pgpool import ConnectionPool
+
+    # A server that accepts connections and never answers.
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    pool = ConnectionPool(1, 2, f"host=127.0.0.1 port={silent.getsockname()[1]} dbname=x user=x",
+                          timeout=1, connect_timeout=2)
+    started = time.monotonic()
+    try:
+        pool.getconn()
+    except Exception as exc:
+        error = type(exc).__name__
+    checkout = time.monotonic() - started
+    # The background connect must end too, and give its slot back.
+    while time.monotonic() - started < 20 and pool.get_stats()["connections_errors"] == 0:
+        time.sleep(0.05)
+    ended = time.monotonic() - started
+    stats = pool.get_stats()
+    print(json.dumps({"error": error, "checkout": checkout, "connect_ended": ended,
+                      "errors": stats["connections_errors"], "size": stats["pool_size"]}))
+"""
+
+
+@pytest.mark.parametrize("callback", ["psycogreen", "wait_select"])
+def test_connect_timeout_bounds_a_connect_through_the_users_wait_callback(callback: str, tmp_path: Path) -> None:
+    result = _run_script(tmp_path, OWN_CALLBACK_SCRIPT, callback, timeout=60)
+    assert result["error"] == "PoolTimeout"
+    assert result["checkout"] < 5, result
+    # connect_timeout=2: the connect ends then, not never.
+    assert result["errors"] == 1 and result["size"] == 0, result
+    assert result["connect_ended"] < 8, result
