@@ -23,7 +23,15 @@ from psycopg2 import extensions
 
 from ._health import bounded
 
-__all__ = ["BoundedConnect", "GeventSetupError", "bound_connects", "ensure_cooperative", "gevent_wait", "patch_pending"]
+__all__ = [
+    "BoundedConnect",
+    "EventletNotSupported",
+    "GeventSetupError",
+    "bound_connects",
+    "ensure_cooperative",
+    "gevent_wait",
+    "patch_pending",
+]
 
 _log = logging.getLogger("flask_pgpool")
 
@@ -33,6 +41,27 @@ _MIN_CONNECT_TIMEOUT = 2.0
 
 class GeventSetupError(RuntimeError):
     """gevent has patched the process in a way that would block every greenlet."""
+
+
+class EventletNotSupported(RuntimeError):
+    """eventlet has patched the process: the pool does not run there."""
+
+
+def _refuse_eventlet() -> None:
+    # eventlet's patched select module has no poll(), which the pool's health
+    # check uses on every checkout, and eventlet itself is in maintenance
+    # mode, advising against new uses: refused at set-up rather than failing
+    # on the first connect.
+    patcher = sys.modules.get("eventlet.patcher")
+    if patcher is None:
+        return
+    if any(patcher.is_monkey_patched(module) for module in ("select", "socket", "thread")):
+        raise EventletNotSupported(
+            "eventlet has monkey-patched this process: flask-pgpool does not run under eventlet "
+            "(its patched select module has no poll(), which the pool's health checks use). "
+            "Serve the app with gevent instead (gunicorn --worker-class gevent, no eventlet.monkey_patch()), "
+            "or with threads (gunicorn --worker-class gthread)"
+        )
 
 
 def _patched(monkey: Any, module: str) -> bool:
@@ -60,6 +89,7 @@ def ensure_cooperative() -> None:
     ``threading``: the pool's waits and background work use threading, and
     would then block every greenlet.
     """
+    _refuse_eventlet()
     monkey = sys.modules.get("gevent.monkey")
     if monkey is None:
         return
