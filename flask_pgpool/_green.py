@@ -28,6 +28,7 @@ __all__ = [
     "EventletNotSupported",
     "GeventSetupError",
     "bound_connects",
+    "cancel_interrupted",
     "ensure_cooperative",
     "gevent_wait",
     "patch_pending",
@@ -150,7 +151,13 @@ class BoundedConnect:
     def __call__(self, conn: Any) -> None:
         deadline = _connect_deadline(conn)
         if deadline is None:
-            self.__wrapped__(conn)
+            try:
+                self.__wrapped__(conn)
+            except psycopg2.Error:
+                raise
+            except BaseException:
+                cancel_interrupted(conn)
+                raise
             return
         with bounded(conn, deadline - time.monotonic()) as watchdog:
             try:
@@ -174,6 +181,17 @@ def gevent_wait(conn: Any) -> None:
     from gevent.socket import wait_read, wait_write
 
     deadline = _connect_deadline(conn)
+    try:
+        _gevent_wait(conn, deadline, wait_read, wait_write)
+    except psycopg2.Error:
+        raise
+    except BaseException:
+        if deadline is None:
+            cancel_interrupted(conn)
+        raise
+
+
+def _gevent_wait(conn: Any, deadline: float | None, wait_read: Any, wait_write: Any) -> None:
     while True:
         state = conn.poll()
         if state == extensions.POLL_OK:
@@ -192,6 +210,20 @@ def gevent_wait(conn: Any) -> None:
                 raise psycopg2.OperationalError(f"unexpected state from connection.poll(): {state!r}")
         except TimeoutError:
             raise psycopg2.OperationalError("timeout expired (connect_timeout)") from None
+
+
+def cancel_interrupted(conn: Any) -> None:
+    """Cancel the query whose wait was interrupted (a ``gevent.Timeout``, a killed greenlet).
+
+    psycopg2 closes the connection when the wait callback raises, without a
+    word to the server, which would go on running the query to its end.
+    Not for a psycopg2 error: the query has ended then.
+    """
+    try:
+        if not conn.closed:
+            conn.cancel()
+    except Exception:
+        pass
 
 
 def _connect_deadline(conn: Any) -> float | None:

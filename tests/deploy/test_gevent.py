@@ -384,3 +384,67 @@ def test_connect_timeout_bounds_a_connect_through_the_users_wait_callback(callba
     # connect_timeout=2: the connect ends then, not never.
     assert result["errors"] == 1 and result["size"] == 0, result
     assert result["connect_ended"] < 8, result
+
+
+INTERRUPTED_SCRIPT = """
+    import json, sys, time
+    from gevent import monkey
+
+    monkey.patch_all()
+    import gevent
+    import psycopg2
+    import psycopg2.extensions as ext
+
+    dsn, app_name, which = sys.argv[1:4]
+    if which == "psycogreen":
+        from gevent.socket import wait_read, wait_write
+
+        def wait(conn):  # what psycogreen.gevent.patch_psycopg() installs
+            while True:
+                state = conn.poll()
+                if state == ext.POLL_OK:
+                    break
+                elif state == ext.POLL_READ:
+                    wait_read(conn.fileno())
+                elif state == ext.POLL_WRITE:
+                    wait_write(conn.fileno())
+
+        ext.set_wait_callback(wait)
+
+    from flask_pgpool import ConnectionPool
+
+    pool = ConnectionPool(1, 2, dsn, connect_args={"application_name": app_name})
+    conn = pool.getconn()
+
+    def slow():
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_sleep(60)")
+
+    worker = gevent.spawn(slow)
+    gevent.sleep(0.5)
+    worker.kill(gevent.Timeout)  # a request time limit, or a worker killing its greenlets at shutdown
+    pool.putconn(conn)
+    admin = psycopg2.connect(dsn)
+    admin.autocommit = True
+    started = time.monotonic()
+    with admin.cursor() as cur:
+        while True:
+            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND state = 'active'",
+                        (app_name,))
+            running = cur.fetchone()[0]
+            if not running or time.monotonic() - started > 10:
+                break
+            time.sleep(0.05)
+        cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s", (app_name,))
+    pool.closeall()
+    print(json.dumps({"running": running}))
+"""
+
+
+@pytest.mark.parametrize("callback", ["flask-pgpool", "psycogreen"])
+def test_a_query_whose_greenlet_is_killed_is_cancelled_on_the_server(
+    callback: str, pg_server_dsn: str, app_name: str, tmp_path: Path
+) -> None:
+    result = _run_script(tmp_path, INTERRUPTED_SCRIPT, pg_server_dsn, app_name, callback, timeout=60)
+    # psycopg2 closes the connection when the wait is interrupted; the server would run the query to its end.
+    assert result == {"running": 0}
