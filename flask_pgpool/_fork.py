@@ -102,7 +102,7 @@ def _before_fork() -> None:
     """
     if not connecting:
         return
-    deadline = max(connecting.values(), default=0.0)
+    deadline = max(list(connecting.values()), default=0.0)  # a copy: connect threads change it meanwhile
     while connecting and time.monotonic() < deadline:
         time.sleep(0.005)
     if connecting:
