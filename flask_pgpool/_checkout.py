@@ -32,7 +32,6 @@ __all__ = ["check_out", "count_wait", "getconn_keyed", "wait_for_connection"]
 
 _log = logging.getLogger("flask_pgpool")
 _monotonic = time.monotonic
-_getpid = os.getpid
 
 # A checkout that finds the database down (the last connect failed and no
 # connection is open) waits this long for the next attempt, not its whole timeout.
@@ -48,8 +47,8 @@ def getconn_keyed(pool: ConnectionPool, key: Hashable, timeout: float | None) ->
     deadline = _monotonic() + (pool.timeout if timeout is None else timeout)
     while True:
         state = pool._state
-        if state.pid != _getpid():
-            state = _fork.reset_if_forked(pool)
+        if _fork.stale(state):
+            state = _fork.current_state(pool)
         with state.lock:
             if pool.closed:
                 raise _messages.closed_error(pool)

@@ -15,7 +15,7 @@ from typing import Any
 from psycopg2.extensions import TRANSACTION_STATUS_IDLE, connection
 
 from . import _dsn as dsnlib
-from . import _timeouts
+from . import _green, _timeouts
 from ._credentials import ArgsSource, ConnectParams, DsnSource
 from ._session import close_quietly
 
@@ -84,6 +84,7 @@ class Connector:
     def connect(self) -> connection:
         """Open and set up one connection (blocking: never under the pool's lock)."""
         dsn, kwargs = self.params()
+        _green.bound_connects()  # a wait callback makes libpq's connect_timeout void
         conn = _timeouts.connect(dsn, kwargs, self.statement_timeout, self._label("statement_timeout"))
         try:
             if self.read_only:

@@ -21,6 +21,7 @@ from flask.typing import ResponseReturnValue
 from psycopg2.extensions import connection
 
 from . import _flask_compat as compat
+from . import _maintenance
 from ._config import DEFAULT_BIND, PoolSettings, check_options, read_settings
 from ._embedded import embedded_dsn
 from ._errors import PgPoolError
@@ -525,6 +526,8 @@ class _PoolCloser:
         for pool in pools:
             try:
                 pool.closeall()
+                # Requests still running now are in daemon threads that die with the process.
+                _maintenance.cancel_running(pool)
             except Exception:
                 _log.exception("flask-pgpool: could not close pool %r at exit", pool.name)
 

@@ -17,8 +17,10 @@ the child has since opened under the same descriptor number.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
@@ -31,21 +33,45 @@ if TYPE_CHECKING:
     from ._pool import ConnectionPool
     from ._state import ProcessState
 
-__all__ = ["release_sockets", "reset_if_forked", "track"]
+__all__ = ["connecting", "current_state", "release_sockets", "stale", "track"]
 
+_log = logging.getLogger("flask_pgpool")
 _pools: weakref.WeakSet[ConnectionPool] = weakref.WeakSet()
 _lock = threading.Lock()
+
+#: Connections being opened in background threads: a token for each, with the
+#: moment by which its connect gives up. A fork waits for them (see _before_fork).
+connecting: dict[object, float] = {}
+# How long a fork waits for a connect without a connect_timeout.
+UNBOUNDED_CONNECT_WAIT = 10.0
 
 
 def track(pool: ConnectionPool) -> None:
     _pools.add(pool)
 
 
-def reset_if_forked(pool: ConnectionPool) -> ProcessState:
-    """The pool's state for this process (new if the process forked unseen)."""
+def stale(state: ProcessState) -> bool:
+    """Is ``state`` not this process's, or made before gevent patched threading?
+
+    Checked on every checkout: a comparison of two attributes with module globals.
+    """
+    return state.pid != os.getpid() or state.lock_factory is not threading.Lock
+
+
+def current_state(pool: ConnectionPool) -> ProcessState:
+    """The pool's state for this process.
+
+    New if the process forked unseen. Made again if gevent patched the
+    process after the state was made (an app created before
+    ``gevent.monkey.patch_all()``): its locks would block the whole process
+    and psycopg2 would have no wait callback. The connections are kept.
+    """
     with _lock:
-        if pool._state.pid != os.getpid():
+        state = pool._state
+        if state.pid != os.getpid():
             pool._after_fork()
+        elif state.lock_factory is not threading.Lock:
+            pool._after_patch()
     return pool._state
 
 
@@ -65,9 +91,32 @@ def release_sockets(conns: Iterable[connection]) -> None:
             os.close(devnull)
 
 
+def _before_fork() -> None:
+    """Let the connects under way finish before the process forks (bounded by their connect_timeout).
+
+    A connection being opened has a socket that no pool lists yet: the child
+    would inherit it and keep it open for its whole life, and after the
+    connect the connection is the parent's. Once the thread has put it in its
+    pool, the child releases it like any other (see :func:`release_sockets`).
+    A sleep, not a lock: under gevent the connects are greenlets, which must run meanwhile.
+    """
+    if not connecting:
+        return
+    deadline = max(list(connecting.values()), default=0.0)  # a copy: connect threads change it meanwhile
+    while connecting and time.monotonic() < deadline:
+        time.sleep(0.005)
+    if connecting:
+        _log.warning(
+            "flask-pgpool: forking while %d connection(s) are still being opened; "
+            "the child process keeps their sockets open until it exits",
+            len(connecting),
+        )
+
+
 def _after_fork_in_child() -> None:
     global _lock
     _lock = threading.Lock()  # maybe held by a parent thread at the fork
+    connecting.clear()  # their threads are the parent's
     # A gunicorn gevent worker patches threading after the fork: a state made
     # now would hold the standard library's locks and thread-locals, which
     # block or are shared by every greenlet. It is made again on first use.
@@ -79,4 +128,4 @@ def _after_fork_in_child() -> None:
                 pool._state.pid = 0
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)

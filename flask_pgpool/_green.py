@@ -21,7 +21,18 @@ from typing import Any
 import psycopg2
 from psycopg2 import extensions
 
-__all__ = ["GeventSetupError", "ensure_cooperative", "gevent_wait", "patch_pending"]
+from ._health import bounded
+
+__all__ = [
+    "BoundedConnect",
+    "EventletNotSupported",
+    "GeventSetupError",
+    "bound_connects",
+    "cancel_interrupted",
+    "ensure_cooperative",
+    "gevent_wait",
+    "patch_pending",
+]
 
 _log = logging.getLogger("flask_pgpool")
 
@@ -31,6 +42,27 @@ _MIN_CONNECT_TIMEOUT = 2.0
 
 class GeventSetupError(RuntimeError):
     """gevent has patched the process in a way that would block every greenlet."""
+
+
+class EventletNotSupported(RuntimeError):
+    """eventlet has patched the process: the pool does not run there."""
+
+
+def _refuse_eventlet() -> None:
+    # eventlet's patched select module has no poll(), which the pool's health
+    # check uses on every checkout, and eventlet itself is in maintenance
+    # mode, advising against new uses: refused at set-up rather than failing
+    # on the first connect.
+    patcher = sys.modules.get("eventlet.patcher")
+    if patcher is None:
+        return
+    if any(patcher.is_monkey_patched(module) for module in ("select", "socket", "thread")):
+        raise EventletNotSupported(
+            "eventlet has monkey-patched this process: flask-pgpool does not run under eventlet "
+            "(its patched select module has no poll(), which the pool's health checks use). "
+            "Serve the app with gevent instead (gunicorn --worker-class gevent, no eventlet.monkey_patch()), "
+            "or with threads (gunicorn --worker-class gthread)"
+        )
 
 
 def _patched(monkey: Any, module: str) -> bool:
@@ -58,6 +90,7 @@ def ensure_cooperative() -> None:
     ``threading``: the pool's waits and background work use threading, and
     would then block every greenlet.
     """
+    _refuse_eventlet()
     monkey = sys.modules.get("gevent.monkey")
     if monkey is None:
         return
@@ -81,6 +114,62 @@ def ensure_cooperative() -> None:
         _log.info("flask-pgpool: gevent has patched this process; psycopg2 now waits through gevent")
     elif current is not gevent_wait:
         _log.debug("flask-pgpool: keeping the psycopg2 wait callback already set: %r", current)
+        bound_connects()
+
+
+def bound_connects() -> None:
+    """Make sure a connect ends within its ``connect_timeout`` whatever wait callback is set.
+
+    libpq applies ``connect_timeout`` only to blocking connects; with a wait
+    callback the connect is asynchronous, and a callback that waits without
+    a limit (psycogreen's, ``psycopg2.extras.wait_select``) would wait for
+    ever on a server that accepts and never answers, holding the pool's slot.
+    Such a callback is wrapped in :class:`BoundedConnect`, which calls it
+    unchanged. Called before each connect: a callback set after the pool was
+    made is wrapped too.
+    """
+    current = extensions.get_wait_callback()
+    if current is None or current is gevent_wait or isinstance(current, BoundedConnect):
+        return
+    extensions.set_wait_callback(BoundedConnect(current))
+    _log.debug("flask-pgpool: connects through the wait callback %r are bounded by connect_timeout", current)
+
+
+class BoundedConnect:
+    """A psycopg2 wait callback that bounds connects by ``connect_timeout``, around the one it wraps.
+
+    While connecting, a watchdog shuts the socket down at the deadline: the
+    wrapped callback's wait ends, and the connect fails with "timeout
+    expired". Queries go to the wrapped callback untouched.
+    """
+
+    __slots__ = ("__wrapped__",)
+
+    def __init__(self, callback: Any) -> None:
+        self.__wrapped__ = callback
+
+    def __call__(self, conn: Any) -> None:
+        deadline = _connect_deadline(conn)
+        if deadline is None:
+            try:
+                self.__wrapped__(conn)
+            except psycopg2.Error:
+                raise
+            except BaseException:
+                cancel_interrupted(conn)
+                raise
+            return
+        with bounded(conn, deadline - time.monotonic()) as watchdog:
+            try:
+                self.__wrapped__(conn)
+            except psycopg2.Error:
+                if not watchdog.fired:
+                    raise
+        if watchdog.fired:
+            raise psycopg2.OperationalError("timeout expired (connect_timeout)")
+
+    def __repr__(self) -> str:
+        return f"<flask-pgpool connect bound around {self.__wrapped__!r}>"
 
 
 def gevent_wait(conn: Any) -> None:
@@ -92,6 +181,17 @@ def gevent_wait(conn: Any) -> None:
     from gevent.socket import wait_read, wait_write
 
     deadline = _connect_deadline(conn)
+    try:
+        _gevent_wait(conn, deadline, wait_read, wait_write)
+    except psycopg2.Error:
+        raise
+    except BaseException:
+        if deadline is None:
+            cancel_interrupted(conn)
+        raise
+
+
+def _gevent_wait(conn: Any, deadline: float | None, wait_read: Any, wait_write: Any) -> None:
     while True:
         state = conn.poll()
         if state == extensions.POLL_OK:
@@ -110,6 +210,20 @@ def gevent_wait(conn: Any) -> None:
                 raise psycopg2.OperationalError(f"unexpected state from connection.poll(): {state!r}")
         except TimeoutError:
             raise psycopg2.OperationalError("timeout expired (connect_timeout)") from None
+
+
+def cancel_interrupted(conn: Any) -> None:
+    """Cancel the query whose wait was interrupted (a ``gevent.Timeout``, a killed greenlet).
+
+    psycopg2 closes the connection when the wait callback raises, without a
+    word to the server, which would go on running the query to its end.
+    Not for a psycopg2 error: the query has ended then.
+    """
+    try:
+        if not conn.closed:
+            conn.cancel()
+    except Exception:
+        pass
 
 
 def _connect_deadline(conn: Any) -> float | None:

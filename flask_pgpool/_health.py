@@ -135,13 +135,13 @@ class Watchdog:
     with an open transaction arms one per rollback, so it must be cheap.
     """
 
-    __slots__ = ("_armed", "_fd", "fired")
+    __slots__ = ("_armed", "_fd", "_lock", "fired")
 
     def __init__(self, conn: connection, timeout: float) -> None:
         self._armed = True
         self.fired = False
         self._fd = conn.fileno()
-        _timers.add(time.monotonic() + max(timeout, 0.001), self)
+        self._lock = _timers.add(time.monotonic() + max(timeout, 0.001), self)
 
     def fire(self) -> None:
         """Called by the timer thread, holding the timers' lock."""
@@ -162,7 +162,7 @@ class Watchdog:
 
     def disarm(self) -> bool:
         """Stop the watchdog; return whether it had already fired."""
-        with _timers.lock:
+        with self._lock:
             self._armed = False
         return self.fired
 
@@ -178,6 +178,7 @@ class _Timers:
     def __init__(self) -> None:
         self._reset()
         self._pid = 0  # no thread in this process yet
+        self._lock_factory: object = None
 
     def _reset(self) -> None:
         self._cond = threading.Condition(threading.Lock())
@@ -185,14 +186,18 @@ class _Timers:
         self._heap: list[tuple[float, int, Watchdog]] = []
         self._order = itertools.count()
 
-    def add(self, deadline: float, watchdog: Watchdog) -> None:
-        if self._pid != os.getpid():
+    def add(self, deadline: float, watchdog: Watchdog) -> threading.Condition:
+        """Arm ``watchdog``; return the lock that guards it."""
+        # A new process, or one gevent patched since the thread started: under
+        # gevent the timer must be a greenlet waiting on gevent's lock.
+        if self._pid != os.getpid() or self._lock_factory is not threading.Lock:
             self._start_in_this_process()
         with self._cond:
             sooner = not self._heap or deadline < self._heap[0][0]
             heapq.heappush(self._heap, (deadline, next(self._order), watchdog))
             if sooner:
                 self._cond.notify()
+            return self._cond
 
     def _start_in_this_process(self) -> None:
         """Fresh state and a thread, on the first watchdog of a process.
@@ -203,23 +208,29 @@ class _Timers:
         to other greenlets.
         """
         with _start_lock:
-            if self._pid == os.getpid():
+            if self._pid == os.getpid() and self._lock_factory is threading.Lock:
                 return
+            # A thread left from before a gevent patch keeps its own lock and
+            # heap, and fires the watchdogs armed before.
             self._reset()
             self._pid = os.getpid()
-        threading.Thread(target=self._run, name="flask-pgpool-watchdog", daemon=True).start()
+            self._lock_factory = threading.Lock
+            cond, heap = self._cond, self._heap
+        threading.Thread(target=_run, args=(cond, heap), name="flask-pgpool-watchdog", daemon=True).start()
 
-    def _run(self) -> None:
-        with self._cond:
-            while True:
-                now = time.monotonic()
-                while self._heap and self._heap[0][0] <= now:
-                    # Under the lock, so that a disarm cannot race the shutdown.
-                    heapq.heappop(self._heap)[2].fire()  # does nothing if disarmed
-                # Most watchdogs are disarmed long before they are due; waking at
-                # most every _GRANULARITY seconds drops them in batches instead
-                # of waking once per returned connection.
-                self._cond.wait(max(self._heap[0][0] - now, _GRANULARITY) if self._heap else None)
+
+def _run(cond: threading.Condition, heap: list[tuple[float, int, Watchdog]]) -> None:
+    """The timer thread: its lock and heap are its own, kept if the process is patched later."""
+    with cond:
+        while True:
+            now = time.monotonic()
+            while heap and heap[0][0] <= now:
+                # Under the lock, so that a disarm cannot race the shutdown.
+                heapq.heappop(heap)[2].fire()  # does nothing if disarmed
+            # Most watchdogs are disarmed long before they are due; waking at
+            # most every _GRANULARITY seconds drops them in batches instead
+            # of waking once per returned connection.
+            cond.wait(max(heap[0][0] - now, _GRANULARITY) if heap else None)
 
 
 _timers = _Timers()

@@ -62,11 +62,14 @@ class Housekeeper:
 
 
 def _run(ref: weakref.ReferenceType[ConnectionPool], stop: threading.Event, wake: threading.Event) -> None:
+    lock_factory = threading.Lock
     while not stop.is_set():
         pool = ref()
         if pool is None:
             return
         interval = _interval(pool)
+        if stop.is_set():
+            break
         try:
             tidy(pool)
         except Exception:
@@ -74,6 +77,14 @@ def _run(ref: weakref.ReferenceType[ConnectionPool], stop: threading.Event, wake
         del pool  # not held while sleeping: the pool may be collected meanwhile
         wake.wait(interval)
         wake.clear()
+    if threading.Lock is not lock_factory:
+        # Replaced because gevent patched the process since this thread started
+        # (see ConnectionPool._after_patch). A thread started before the patch
+        # cannot end cleanly once threading is gevent's (threading forgets it
+        # under gevent's thread ids): it sleeps for good instead, on its own event.
+        while True:
+            wake.clear()
+            wake.wait()
 
 
 def _interval(pool: ConnectionPool) -> float:

@@ -5,9 +5,10 @@ the pool's lock."""
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import TYPE_CHECKING
+
+from psycopg2.extensions import TRANSACTION_STATUS_ACTIVE
 
 from . import _fork, _messages
 from ._health import SocketState, peek_state, ping
@@ -17,11 +18,10 @@ from ._validate import check_sizes
 if TYPE_CHECKING:
     from ._pool import ConnectionPool
 
-__all__ = ["check", "close_pool", "drain", "resize"]
+__all__ = ["cancel_running", "check", "close_pool", "drain", "resize"]
 
 _log = logging.getLogger("flask_pgpool")
 _monotonic = time.monotonic
-_getpid = os.getpid
 
 
 def close_pool(pool: ConnectionPool) -> None:
@@ -31,8 +31,8 @@ def close_pool(pool: ConnectionPool) -> None:
     nothing. In a child process it never touches the parent's connections.
     """
     state = pool._state
-    if state.pid != _getpid():
-        state = _fork.reset_if_forked(pool)
+    if _fork.stale(state):
+        state = _fork.current_state(pool)
     with state.lock:
         if pool.closed:
             return
@@ -46,6 +46,34 @@ def close_pool(pool: ConnectionPool) -> None:
         pool._close(record.conn)
     _log.debug("pool %r closed", pool.name)
 
+
+
+def cancel_running(pool: ConnectionPool) -> int:
+    """Cancel the queries running on connections checked out now; return how many.
+
+    For the end of the process: a thread still in a query when the
+    interpreter exits (a daemon thread) dies with it, and its closed socket
+    does not stop the server, which would run the query to its end.
+    PostgreSQL's ``client_connection_check_interval`` is the server-side
+    complement, for a process that ends without exit hooks.
+    """
+    state = pool._state
+    if _fork.stale(state):
+        return 0  # a forked child: the connections are its parent's
+    with state.lock:
+        busy = [record.conn for record in state.records.values() if record.in_use]
+    cancelled = 0
+    for conn in busy:
+        try:
+            # PQcancel is made for this: safe from another thread, while the query runs.
+            if not conn.closed and conn.info.transaction_status == TRANSACTION_STATUS_ACTIVE:
+                conn.cancel()
+                cancelled += 1
+        except Exception as exc:
+            _log.debug("pool %r: could not cancel a running query: %s", pool.name, pool.redact(str(exc)))
+    if cancelled:
+        _log.info("pool %r: cancelled %d query(ies) still running at exit", pool.name, cancelled)
+    return cancelled
 
 
 def resize(pool: ConnectionPool, minconn: int, maxconn: int) -> None:

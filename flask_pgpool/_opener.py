@@ -13,6 +13,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from . import _fork
 from ._health import poller_for
 from ._record import ConnectionRecord
 from ._session import session_of
@@ -25,6 +26,9 @@ __all__ = ["connect_failed", "grow", "open_one", "spawn"]
 
 _log = logging.getLogger("flask_pgpool")
 _monotonic = time.monotonic
+# libpq treats a connect_timeout below 2 s as 2 s; then the set-up (configure) may take a moment.
+_MIN_CONNECT_TIMEOUT = 2.0
+_FORK_WAIT_MARGIN = 1.0
 
 
 
@@ -71,6 +75,17 @@ def spawn(pool: ConnectionPool, state: ProcessState, count: int) -> None:
 
 def open_one(pool: ConnectionPool, state: ProcessState) -> None:
     """In a background thread: fill a slot reserved by :meth:`_grow`."""
+    # Until the connection is in the pool (or closed), a fork waits for it.
+    token = object()
+    bound = pool._connector.connect_timeout or _fork.UNBOUNDED_CONNECT_WAIT
+    _fork.connecting[token] = _monotonic() + max(bound, _MIN_CONNECT_TIMEOUT) + _FORK_WAIT_MARGIN
+    try:
+        _open_one(pool, state)
+    finally:
+        _fork.connecting.pop(token, None)
+
+
+def _open_one(pool: ConnectionPool, state: ProcessState) -> None:
     started = _monotonic()
     # A drain() during the connect retires it: it may carry the old credentials.
     generation = state.generation

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Hashable
 from typing import Any
@@ -207,8 +208,9 @@ class ConnectionPool(ThreadedConnectionPool):
         if key is not None:
             return _checkout.getconn_keyed(self, key, timeout)
         state = self._state
-        if state.pid != _getpid():
-            state = _fork.reset_if_forked(self)
+        # _fork.stale() written out: this runs on every checkout.
+        if state.pid != _getpid() or state.lock_factory is not threading.Lock:
+            state = _fork.current_state(self)
         with state.lock:
             if self.closed:
                 raise _messages.closed_error(self)
@@ -447,3 +449,22 @@ class ConnectionPool(ThreadedConnectionPool):
         self._failover.after_fork()
         self._housekeeper = _housekeeper.Housekeeper(self)
         _fork.release_sockets(record.conn for record in inherited)
+
+    def _after_patch(self) -> None:
+        """gevent patched this process after the state was made: a state of
+        gevent's locks (and psycopg2's wait callback, see :mod:`flask_pgpool._green`),
+        holding the same connections."""
+        old = self._state
+        with old.lock:
+            new = ProcessState()  # installs the wait callback, or refuses a half-patched process
+            new.records, new.idle, new.keys = old.records, old.idle, old.keys
+            new.counters, new.backoff = old.counters, old.backoff
+            new.generation, new.suspect_before, new.round_trip = old.generation, old.suspect_before, old.round_trip
+            old.records, old.idle, old.keys = {}, [], {}
+            # The old housekeeper is a real thread: it ends, a greenlet replaces it on the next checkout.
+            self._housekeeper.stop()
+            self._housekeeper = _housekeeper.Housekeeper(self)
+            # Connections being opened for the old state close when they are
+            # done (they find the state replaced) and free its slots.
+            self._state = new
+        _log.info("pool %r: gevent patched this process after the pool was made; now waiting through gevent", self.name)

@@ -14,6 +14,7 @@ from typing import Any
 import psycopg2
 from psycopg2.extensions import (
     STATUS_READY,
+    TRANSACTION_STATUS_ACTIVE,
     TRANSACTION_STATUS_IDLE,
     TRANSACTION_STATUS_INERROR,
     TRANSACTION_STATUS_INTRANS,
@@ -122,8 +123,14 @@ def _run_reset(conn: connection, reset: Reset, configure: Callable[[connection],
 
 
 def close_quietly(conn: connection, timeout: float = 5.0) -> None:
-    """Close a connection, rolling back first; never raises, never hangs."""
+    """Close a connection, rolling back first; never raises, never hangs.
+
+    A query still running on it is cancelled first: closing the socket alone
+    does not stop the server, which would run it to its end.
+    """
     try:
+        if not conn.closed and conn.info.transaction_status == TRANSACTION_STATUS_ACTIVE:
+            conn.cancel()
         if not conn.closed and conn.info.transaction_status in _OPEN:
             # PgBouncer drops a server connection closed mid-transaction;
             # a silent network must not hang the caller, hence the bound.

@@ -31,6 +31,7 @@ class ProcessState:
         "idle",
         "keys",
         "lock",
+        "lock_factory",
         "opening",
         "pid",
         "records",
@@ -44,7 +45,11 @@ class ProcessState:
         # wait through gevent, and a half-patched process is refused.
         _green.ensure_cooperative()
         self.pid = os.getpid()
-        self.lock = threading.Lock()
+        # gevent's patch_all() replaces threading.Lock: a state whose locks are
+        # the standard library's in a process gevent patched since is
+        # replaced on first use (see _fork.current_state).
+        self.lock_factory = threading.Lock
+        self.lock = self.lock_factory()
         # Every open connection of the pool, idle or not, by id(connection):
         # its size is len(records) + opening.
         self.records: dict[int, ConnectionRecord] = {}

@@ -90,6 +90,7 @@ INSTALL_SCRIPT = """
         print(json.dumps({{"error": type(exc).__name__, "message": str(exc)}}))
     else:
         callback = psycopg2.extensions.get_wait_callback()
+        callback = getattr(callback, "__wrapped__", callback)  # kept, with connects bounded around it
         print(json.dumps({{"callback": getattr(callback, "__qualname__", None),
                            "module": getattr(callback, "__module__", None)}}))
 """
@@ -263,3 +264,187 @@ def test_a_pool_used_before_fork_works_in_a_child_that_gevent_patched(
 ) -> None:
     result = _run_script(tmp_path, FORK_THEN_PATCH_SCRIPT, pg_server_dsn, app_name)
     assert result == {"done": 8, "errors": []}
+
+
+LATE_PATCH_SCRIPT = """
+    import faulthandler, json, sys, time
+    from flask import Flask
+    from flask_pgpool import PgPool, get_db
+
+    faulthandler.dump_traceback_later(40, exit=True)  # a deadlock fails instead of hanging
+    dsn, app_name, use_before = sys.argv[1], sys.argv[2], sys.argv[3] == "used"
+
+    # The app and its pool are made before gevent patches anything, as in a
+    # script that imports the app, then patches, then serves with gevent.pywsgi.
+    app = Flask(__name__)
+    app.config.update(PGPOOL_DSN=dsn, PGPOOL_MAXCONN=10, PGPOOL_TIMEOUT=20,
+                      PGPOOL_CONNECT_ARGS={"application_name": app_name})
+    PgPool(app)
+
+    @app.get("/sleep")
+    def sleep():
+        with get_db().cursor() as cur:
+            cur.execute("SELECT pg_sleep(0.3)")
+        return "ok"
+
+    if use_before:  # a query at import time: the pool has connections, threads and a watchdog already
+        with app.test_request_context():
+            with get_db().cursor() as cur:
+                cur.execute("SELECT 1")
+
+    from gevent import monkey
+
+    monkey.patch_all()
+
+    import gevent
+
+    def request(i):
+        return app.test_client().get("/sleep").status_code
+
+    ticks = []
+    ticker = gevent.spawn(lambda: [ticks.append(gevent.sleep(0.05)) for _ in range(10000)])
+    started = time.monotonic()
+    jobs = [gevent.spawn(request, i) for i in range(20)]
+    gevent.joinall(jobs, timeout=30)
+    elapsed = time.monotonic() - started
+    ticker.kill()
+    print(json.dumps({"ok": sum(1 for j in jobs if j.value == 200), "elapsed": elapsed, "ticks": len(ticks),
+                      "errors": [repr(j.exception) for j in jobs if j.exception]}), flush=True)
+"""
+
+
+@pytest.mark.parametrize("use_before", ["unused", "used"])
+def test_an_app_made_before_gevent_patched_the_process_does_not_block_it(
+    use_before: str, pg_server_dsn: str, app_name: str, tmp_path: Path
+) -> None:
+    result = _run_script(tmp_path, LATE_PATCH_SCRIPT, pg_server_dsn, app_name, use_before, timeout=90)
+    assert result["errors"] == [] and result["ok"] == 20
+    # Blocking, the 20 queries would run one at a time (6 s) and nothing else
+    # would run meanwhile; cooperating, ten at a time on maxconn=10 (0.6 s).
+    assert result["elapsed"] < 4, result
+    assert result["ticks"] >= 5, result
+
+
+OWN_CALLBACK_SCRIPT = """
+    import json, socket, sys, time
+
+    which = sys.argv[1]
+    if which == "psycogreen":
+        from gevent import monkey
+
+        monkey.patch_all()
+        from gevent.socket import wait_read, wait_write
+        import psycopg2.extensions as ext
+
+        def wait(conn):  # what psycogreen.gevent.patch_psycopg() installs: waits without a limit
+            while True:
+                state = conn.poll()
+                if state == ext.POLL_OK:
+                    break
+                elif state == ext.POLL_READ:
+                    wait_read(conn.fileno())
+                elif state == ext.POLL_WRITE:
+                    wait_write(conn.fileno())
+
+        ext.set_wait_callback(wait)
+    else:
+        import psycopg2.extensions, psycopg2.extras
+
+        psycopg2.extensions.set_wait_callback(psycopg2.extras.wait_select)
+
+    from flask_pgpool import ConnectionPool
+
+    # A server that accepts connections and never answers.
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    pool = ConnectionPool(1, 2, f"host=127.0.0.1 port={silent.getsockname()[1]} dbname=x user=x",
+                          timeout=1, connect_timeout=2)
+    started = time.monotonic()
+    try:
+        pool.getconn()
+    except Exception as exc:
+        error = type(exc).__name__
+    checkout = time.monotonic() - started
+    # The background connect must end too, and give its slot back.
+    while time.monotonic() - started < 20 and pool.get_stats()["connections_errors"] == 0:
+        time.sleep(0.05)
+    ended = time.monotonic() - started
+    stats = pool.get_stats()
+    print(json.dumps({"error": error, "checkout": checkout, "connect_ended": ended,
+                      "errors": stats["connections_errors"], "size": stats["pool_size"]}))
+"""
+
+
+@pytest.mark.parametrize("callback", ["psycogreen", "wait_select"])
+def test_connect_timeout_bounds_a_connect_through_the_users_wait_callback(callback: str, tmp_path: Path) -> None:
+    result = _run_script(tmp_path, OWN_CALLBACK_SCRIPT, callback, timeout=60)
+    assert result["error"] == "PoolTimeout"
+    assert result["checkout"] < 5, result
+    # connect_timeout=2: the connect ends then, not never.
+    assert result["errors"] == 1 and result["size"] == 0, result
+    assert result["connect_ended"] < 8, result
+
+
+INTERRUPTED_SCRIPT = """
+    import json, sys, time
+    from gevent import monkey
+
+    monkey.patch_all()
+    import gevent
+    import psycopg2
+    import psycopg2.extensions as ext
+
+    dsn, app_name, which = sys.argv[1:4]
+    if which == "psycogreen":
+        from gevent.socket import wait_read, wait_write
+
+        def wait(conn):  # what psycogreen.gevent.patch_psycopg() installs
+            while True:
+                state = conn.poll()
+                if state == ext.POLL_OK:
+                    break
+                elif state == ext.POLL_READ:
+                    wait_read(conn.fileno())
+                elif state == ext.POLL_WRITE:
+                    wait_write(conn.fileno())
+
+        ext.set_wait_callback(wait)
+
+    from flask_pgpool import ConnectionPool
+
+    pool = ConnectionPool(1, 2, dsn, connect_args={"application_name": app_name})
+    conn = pool.getconn()
+
+    def slow():
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_sleep(60)")
+
+    worker = gevent.spawn(slow)
+    gevent.sleep(0.5)
+    worker.kill(gevent.Timeout)  # a request time limit, or a worker killing its greenlets at shutdown
+    pool.putconn(conn)
+    admin = psycopg2.connect(dsn)
+    admin.autocommit = True
+    started = time.monotonic()
+    with admin.cursor() as cur:
+        while True:
+            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND state = 'active'",
+                        (app_name,))
+            running = cur.fetchone()[0]
+            if not running or time.monotonic() - started > 10:
+                break
+            time.sleep(0.05)
+        cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s", (app_name,))
+    pool.closeall()
+    print(json.dumps({"running": running}))
+"""
+
+
+@pytest.mark.parametrize("callback", ["flask-pgpool", "psycogreen"])
+def test_a_query_whose_greenlet_is_killed_is_cancelled_on_the_server(
+    callback: str, pg_server_dsn: str, app_name: str, tmp_path: Path
+) -> None:
+    result = _run_script(tmp_path, INTERRUPTED_SCRIPT, pg_server_dsn, app_name, callback, timeout=60)
+    # psycopg2 closes the connection when the wait is interrupted; the server would run the query to its end.
+    assert result == {"running": 0}

@@ -147,3 +147,63 @@ def test_first_request_in_a_forked_worker_opens_one_connection(tmp_path: Path, p
     # The pool's minconn top-up must not race the first checkout and open a second connection.
     reports, _ = run_script(tmp_path, FORK_WORKERS, pg_dsn, app_name, WORKERS="10")
     assert [r["connections_num"] for r in reports] == [1] * 10
+
+
+EXIT_DURING_A_QUERY = """
+import threading, time
+import psycopg2
+
+@app.get("/slow")
+def slow():
+    with get_db().cursor() as cur:
+        cur.execute("SELECT pg_sleep(60)")
+    return "done"
+
+PgPool(app)
+# A request still running at exit, in a daemon thread (as waitress's are).
+threading.Thread(target=lambda: app.test_client().get("/slow"), daemon=True).start()
+admin = psycopg2.connect(os.environ["TEST_DSN"])
+admin.autocommit = True
+deadline = time.monotonic() + 20
+with admin.cursor() as cur:
+    while time.monotonic() < deadline:
+        cur.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND query LIKE %s",
+                    (os.environ["TEST_APP_NAME"], "%pg_sleep(60)%"))
+        if cur.fetchone()[0]:
+            break
+        time.sleep(0.02)
+admin.close()
+emit(running=True)
+"""
+
+
+@pytest.mark.no_pgbouncer  # looks the query up in pg_stat_activity by application_name
+def test_a_query_running_at_exit_is_cancelled(tmp_path: Path, pg_dsn: str, app_name: str) -> None:
+    import time
+
+    import psycopg2
+
+    admin = psycopg2.connect(pg_dsn)
+    admin.autocommit = True
+    try:
+        (report,), _ = run_script(tmp_path, EXIT_DURING_A_QUERY, pg_dsn, app_name)
+        assert report == {"running": True}
+        # Closing the socket does not stop a query on the server: the exit hook cancels it.
+        deadline = time.monotonic() + 10
+        with admin.cursor() as cur:
+            while True:
+                cur.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND state = 'active'",
+                    (app_name,),
+                )
+                running = cur.fetchone()
+                if running == (0,) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+        assert running == (0,), "the query went on running on the server after the process exited"
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s", (app_name,)
+            )
+        admin.close()

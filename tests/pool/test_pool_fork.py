@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 from psycopg2.extensions import connection
+from support.netproxy import TcpProxy
+from support.poolkit import via_proxy
 
 pytestmark = pytest.mark.slow
 
@@ -233,3 +235,76 @@ def test_child_releases_the_inherited_sockets(tmp_path: Path, pg_dsn: str, app_n
     assert all(target.startswith("socket:") for target in report["parent_sockets"]), report
     # Nothing was sent on them: the parent's sessions go on.
     assert report["same"] and report["after"] == report["before"]
+
+
+# A fork while a background thread is still connecting: the connection
+# becomes the parent's, so the child must not keep its socket either.
+INFLIGHT_SCRIPT = textwrap.dedent(
+    """
+    import json, os, socket, sys, threading, time
+    from flask_pgpool import ConnectionPool
+
+    dsn, proxy_port = sys.argv[1], int(sys.argv[2])
+    pool = ConnectionPool(0, 2, dsn, timeout=30)
+
+    def sockets_to_proxy():
+        found = []
+        for name in os.listdir("/proc/self/fd"):
+            fd = int(name)
+            try:
+                sock = socket.socket(fileno=fd)
+            except OSError:
+                continue
+            try:
+                if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.getpeername()[1] == proxy_port:
+                    found.append(fd)
+            except OSError:
+                pass
+            finally:
+                sock.detach()
+        return found
+
+    got = []
+    checkout = threading.Thread(target=lambda: got.append(pool.getconn()))
+    checkout.start()  # the pool opens a connection in a background thread, slowly (the proxy delays it)
+    deadline = time.monotonic() + 20
+    while not sockets_to_proxy() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    connecting = bool(sockets_to_proxy()) and not got
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.close(read_end)
+        os.write(write_end, json.dumps(sockets_to_proxy()).encode())
+        os.close(write_end)
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        in_child = json.loads(pipe.read())
+    os.waitpid(child, 0)
+    checkout.join(30)
+    with got[0].cursor() as cur:
+        cur.execute("SELECT 1")
+        works = cur.fetchone() == (1,)
+    pool.putconn(got[0])
+    pool.closeall()
+    print(json.dumps({"connecting_at_fork": connecting, "in_child": in_child, "parent_works": works}))
+    """
+)
+
+
+def test_fork_during_a_background_connect_leaves_the_child_no_socket_of_it(
+    tmp_path: Path, pg_dsn: str, proxy: TcpProxy
+) -> None:
+    proxy.slow(0.3)  # a connect of a few round trips takes seconds
+    script = tmp_path / "inflight_script.py"
+    script.write_text(INFLIGHT_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script), via_proxy(pg_dsn, proxy), str(proxy.port)],
+        capture_output=True, text=True, timeout=90,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["connecting_at_fork"], report
+    assert report["in_child"] == [], report
+    assert report["parent_works"], report

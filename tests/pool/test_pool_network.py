@@ -4,6 +4,7 @@ network fails a checkout within its timeout instead of hanging it."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import pytest
 from support.netproxy import TcpProxy
@@ -142,3 +143,40 @@ def test_a_ping_that_does_not_fit_the_time_left_does_not_kill_a_connection(
     stats = pool.get_stats()
     assert stats["connections_lost"] == 0, stats
     assert stats["connections_num"] == 1
+
+
+@pytest.fixture
+def users_wait_callback() -> Iterator[None]:
+    """psycopg2's wait_select set as the wait callback, as an app may do (it waits without a limit)."""
+    import psycopg2.extensions
+    import psycopg2.extras
+
+    before = psycopg2.extensions.get_wait_callback()
+    psycopg2.extensions.set_wait_callback(psycopg2.extras.wait_select)
+    try:
+        yield
+    finally:
+        psycopg2.extensions.set_wait_callback(before)
+
+
+def test_a_blackholed_network_ends_pings_and_connects_in_time_through_the_users_wait_callback(
+    users_wait_callback: None, make_pool: PoolFactory, proxy: TcpProxy, pg_dsn: str
+) -> None:
+    pool = make_pool(0, 2, dsn=via_proxy(pg_dsn, proxy), timeout=1, connect_timeout=2)
+    conn = pool.getconn(timeout=10)
+    pool.putconn(conn)
+    proxy.blackhole()
+    # The ping's watchdog (2 s: connect_timeout) ends the wait the callback would never end.
+    started = time.monotonic()
+    pool.check()
+    assert time.monotonic() - started < 6
+    assert conn.closed and pool.get_stats()["pool_size"] == 0
+    # A connect through the blackhole ends at its connect_timeout and gives its slot back.
+    with pytest.raises(PoolTimeout):
+        pool.getconn()
+    wait_until(lambda: pool.get_stats()["connections_errors"] >= 1, timeout=8, what="the connect to give up")
+    wait_until(lambda: pool.get_stats()["pool_size"] == 0, timeout=2, what="the slot to be free")
+    proxy.pass_through()
+    fresh = pool.getconn(timeout=10)
+    assert query_one(fresh, "SELECT 1") == 1
+    pool.putconn(fresh)

@@ -4,6 +4,7 @@ transaction, and, when asked for, no session state either."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import psycopg2
 import pytest
@@ -207,3 +208,22 @@ def test_pgpool_reset_key_resets_each_request_connection(make_app: Callable[...,
     before = client.get("/search_path").text
     assert client.get("/dirty").status_code == 200
     assert client.get("/search_path").text == before
+
+
+def test_closing_a_connection_mid_query_cancels_the_query(
+    pg_server_dsn: str, app_name: str, server_sessions: Callable[..., list[tuple[Any, ...]]]
+) -> None:
+    """A closed socket does not stop the server: a query still running is cancelled before the close."""
+    import psycopg2.extras
+    from support.wsgiserver import eventually
+
+    from flask_pgpool._session import close_quietly
+
+    # An asynchronous connection: the query runs on the server while this thread goes on.
+    conn = psycopg2.connect(pg_server_dsn, application_name=app_name, async_=1)
+    psycopg2.extras.wait_select(conn)
+    conn.cursor().execute("SELECT pg_sleep(60)")
+    assert not eventually(lambda: server_sessions("active") == [], timeout=10)
+    close_quietly(conn)
+    assert conn.closed
+    assert eventually(lambda: server_sessions("active"), timeout=5) == []
