@@ -113,9 +113,10 @@ _MAX_BOUND = 2_147_483
 
 
 def _bound(label: str, value: Any) -> float | None:
-    if value is None or (not isinstance(value, bool) and value in (0, "0")):
-        return None
+    """Seconds > 0, or None for off: None, or any spelling of zero (0, 0.0, "0", "0.0" from the environment)."""
     value = _number(value)
+    if value is None or (not isinstance(value, bool) and isinstance(value, (int, float)) and value == 0):
+        return None
     try:
         seconds = _validate.positive_seconds(label, value)
     except ValueError:
