@@ -5,8 +5,6 @@ with it. A silent path itself is tested in tests/faults/test_fault_silent_networ
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +12,7 @@ from pathlib import Path
 import pytest
 from psycopg2.extensions import connection, make_dsn, parse_dsn
 from support.netproxy import TcpProxy
-from support.poolkit import PoolFactory, query_one, run_in_thread, via_proxy, wait_until
+from support.poolkit import PoolFactory, query_one, run_in_thread, tcp_settings, via_proxy, wait_until
 
 from flask_pgpool import ConnectionPool
 from flask_pgpool._timeouts import keepalive_params
@@ -26,21 +24,6 @@ SYSTEM_KEEPALIVE_IDLE = int(Path("/proc/sys/net/ipv4/tcp_keepalive_time").read_t
 def tcp_dsn(pg_dsn: str, proxy: TcpProxy) -> str:
     """The test server over TCP (the session's server may be on a Unix socket)."""
     return via_proxy(pg_dsn, proxy)
-
-
-def tcp_settings(conn: connection) -> dict[str, int]:
-    """What the kernel holds for the connection's socket."""
-    sock = socket.socket(fileno=os.dup(conn.fileno()))
-    try:
-        return {
-            "keepalives": sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
-            "keepalives_idle": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
-            "keepalives_interval": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
-            "keepalives_count": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
-            "tcp_user_timeout": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
-        }
-    finally:
-        sock.close()
 
 
 @pytest.fixture
