@@ -332,7 +332,8 @@ SETTINGS: tuple[Setting, ...] = (
         _int(0),
         doc="""
         Seconds a new connection may take to open (libpq's ``connect_timeout``, per
-        host), unless the DSN sets one. ``0``: no limit.
+        host), unless the DSN sets one. ``0``: no limit of libpq's (a checkout
+        still gives up after ``PGPOOL_TIMEOUT``).
         """,
     ),
     _setting(
