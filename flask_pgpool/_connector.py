@@ -148,6 +148,7 @@ class Backoff:
     def succeeded(self) -> str | None:
         """Record a successful attempt; return the error it recovered from, if any."""
         recovered = self.last_error if self.active else None
+        self.failed_started = float("-inf")  # a failure before this success proves nothing now
         self.delay = 0.0
         self.next_at = 0.0
         self.last_error = None
