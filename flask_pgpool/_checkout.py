@@ -60,7 +60,8 @@ def getconn_keyed(pool: ConnectionPool, key: Hashable, timeout: float | None) ->
                 claim = state.claims[key] = threading.Event()
                 break
         if not claim.wait(max(deadline - _monotonic(), 0.0)):
-            raise _messages.timeout_error(pool, state, pool.timeout if timeout is None else timeout)
+            limit = pool.timeout if timeout is None else timeout
+            raise _messages.timeout_error(pool, state, limit, since=deadline - limit)
     try:
         # The pool's own getconn(), not a subclass's, which may call this one.
         from ._pool import ConnectionPool  # a cycle at import time
@@ -181,7 +182,7 @@ def next_step(pool: ConnectionPool, state: ProcessState, waiter: Waiter, limit: 
     if now >= give_up:
         state.waiters.leave(waiter)
         state.counters.requests_errors += 1
-        raise _messages.wait_error(pool, state, limit, down=waiter.down_since is not None)
+        raise _messages.wait_error(pool, state, limit, since=waiter.started)
     if state.idle and (not state.waiters or state.waiters.first() is waiter):
         state.waiters.leave(waiter)
         record = state.idle.pop()
@@ -217,16 +218,20 @@ def count_wait(state: ProcessState, waiter: Waiter, now: float) -> None:
 def give_up_at(pool: ConnectionPool, state: ProcessState, waiter: Waiter, now: float) -> float:
     """Under the lock: when the waiter stops waiting: at its deadline, or soon
     once the database is down (a connect failed and nothing is open): after
-    :data:`FAIL_FAST` seconds, and once an attempt made since then failed too."""
+    :data:`FAIL_FAST` seconds, once an attempt begun during this wait failed.
+
+    An attempt begun before the wait proves nothing to it: on a path that
+    went silent, an attempt under way fails only at its connect_timeout,
+    and the next one may find the server back.
+    """
     backoff = state.backoff
     if not backoff.active or state.records:
         waiter.down_since = None
         return waiter.deadline
     if waiter.down_since is None:
         waiter.down_since = now
-        waiter.failures_seen = backoff.failures
-    if backoff.failures == waiter.failures_seen:
-        return waiter.deadline  # no attempt has failed since: wait for the next one
+    if not backoff.failed_since(waiter.started):
+        return waiter.deadline  # wait for an attempt of its own time
     return min(waiter.deadline, waiter.down_since + FAIL_FAST)
 
 

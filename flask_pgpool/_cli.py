@@ -15,7 +15,7 @@ from flask.cli import with_appcontext
 from psycopg2.extensions import connection
 
 from ._extension import PgPool
-from ._health import ping
+from ._health import bounded, ping
 from ._pool import ConnectionPool
 from ._queries import fetch_one
 
@@ -90,6 +90,7 @@ def _pool_status(pool: ConnectionPool, timeout: float) -> dict[str, Any]:
     try:
         started = time.monotonic()
         conn = pool.getconn(timeout=timeout)
+        broken = True
         try:
             if not ping(conn, timeout):
                 raise ConnectionError("the server did not answer a ping")
@@ -98,9 +99,10 @@ def _pool_status(pool: ConnectionPool, timeout: float) -> dict[str, Any]:
             # With several hosts in the DSN, the one libpq reached.
             status["host"], status["port"] = conn.info.host, conn.info.port
             status["reachable"] = True
-            _server_capacity(conn, status)
+            broken = not _server_capacity(conn, status, timeout)
         finally:
-            pool.putconn(conn)
+            # A connection whose exchange was cut is closed, not handed back for a rollback.
+            pool.putconn(conn, close=broken)
     except Exception as exc:  # one line for the user, whatever went wrong
         status["error"] = pool.redact(_one_line(exc))
     stats = pool.get_stats()
@@ -123,20 +125,31 @@ def _one_line(exc: BaseException) -> str:
     return "; ".join(failures) or type(exc).__name__
 
 
-def _server_capacity(conn: connection, status: dict[str, Any]) -> None:
-    """The server's connection limit and use, for sizing; best effort (after the ping)."""
-    try:
-        row = fetch_one(
-            conn,
-            "SELECT current_setting('max_connections')::int,"
-            " (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')",
-        )
-        if row is not None:
-            status["server_max_connections"], status["server_sessions"] = int(row[0]), int(row[1])
-    except Exception:  # a restricted role or a proxy's console: not worth failing the status
-        pass
-    finally:
-        conn.rollback()
+def _server_capacity(conn: connection, status: dict[str, Any], timeout: float) -> bool:
+    """The server's connection limit and use, for sizing; best effort (after the ping).
+
+    Given up after ``timeout`` like the ping: the path may go silent after
+    it, and neither libpq nor the kernel ends such a wait soon. In
+    autocommit, so that no rollback (another exchange) follows. Returns
+    whether the connection is still usable.
+    """
+    with bounded(conn, timeout) as watchdog:
+        autocommit = conn.autocommit
+        try:
+            conn.autocommit = True
+            row = fetch_one(
+                conn,
+                "SELECT current_setting('max_connections')::int,"
+                " (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')",
+            )
+            if row is not None:
+                status["server_max_connections"], status["server_sessions"] = int(row[0]), int(row[1])
+        except Exception:  # a restricted role or a proxy's console: not worth failing the status
+            pass
+        finally:
+            if not conn.closed:
+                conn.autocommit = autocommit
+    return not watchdog.fired and not conn.closed
 
 
 def _version(number: int) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 
 from . import _dsn as dsnlib
 from . import _validate
-from ._timeouts import DEFAULT_NETWORK_TIMEOUT
+from ._timeouts import DEFAULT_NETWORK_TIMEOUT, KEEPALIVE_KEYS
 
 __all__ = [
     "DEFAULT_BIND",
@@ -113,9 +113,10 @@ _MAX_BOUND = 2_147_483
 
 
 def _bound(label: str, value: Any) -> float | None:
-    if value is None or (not isinstance(value, bool) and value in (0, "0")):
-        return None
+    """Seconds > 0, or None for off: None, or any spelling of zero (0, 0.0, "0", "0.0" from the environment)."""
     value = _number(value)
+    if value is None or (not isinstance(value, bool) and isinstance(value, (int, float)) and value == 0):
+        return None
     try:
         seconds = _validate.positive_seconds(label, value)
     except ValueError:
@@ -331,7 +332,8 @@ SETTINGS: tuple[Setting, ...] = (
         _int(0),
         doc="""
         Seconds a new connection may take to open (libpq's ``connect_timeout``, per
-        host), unless the DSN sets one. ``0``: no limit.
+        host), unless the DSN sets one. ``0``: no limit of libpq's (a checkout
+        still gives up after ``PGPOOL_TIMEOUT``).
         """,
     ),
     _setting(
@@ -341,8 +343,11 @@ SETTINGS: tuple[Setting, ...] = (
         _bound,
         doc="""
         Seconds after which a connection whose network went silent is given up
-        (TCP keepalives and ``tcp_user_timeout``): the request gets a 503. A value
-        set in the DSN or ``PGPOOL_CONNECT_ARGS`` wins. ``0`` or ``None``: off.
+        (TCP keepalives and ``tcp_user_timeout``): the request gets a 503. Any
+        keepalive parameter set in the DSN, ``PGPOOL_CONNECT_ARGS`` or the
+        connection service leaves the whole bound to it; a bind's own value wins
+        over the keepalive parameters of ``PGPOOL_CONNECT_ARGS``. ``0`` or
+        ``None``: off.
         """,
     ),
     _setting(
@@ -595,6 +600,10 @@ def _bind_settings(bind: str, spec: Any, default: PoolSettings) -> PoolSettings:
     own_args = values.pop("connect_args", {})
     shared = default.connect_args if isinstance(default.connect_args, Mapping) else {}
     from_main = dsnlib.args_for_another_database(shared, dsn if isinstance(dsn, str) else "")
+    if "network_timeout" in values:
+        # The bind's own bound is more specific than the app's keepalive
+        # values: inherited, they would replace it whole (see _timeouts).
+        from_main = {k: v for k, v in from_main.items() if k not in KEEPALIVE_KEYS}
     inherited["connect_args"] = own_args if callable(own_args) else {**from_main, **own_args}
     settings = replace(default, **{**inherited, **values})
     _checked(lambda: _bind_sizes(where, settings))

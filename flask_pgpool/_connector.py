@@ -113,13 +113,16 @@ class Backoff:
     :data:`BACKOFF_MAX`, jittered); one success resets it.
     """
 
-    __slots__ = ("delay", "failures", "last_error", "next_at")
+    __slots__ = ("delay", "failed_started", "failures", "last_error", "next_at")
 
     def __init__(self) -> None:
         self.failures = 0  # attempts failed so far, ever
         self.delay = 0.0
         self.next_at = 0.0
         self.last_error: str | None = None
+        # When the latest-begun failed attempt began: only an attempt begun
+        # after a checkout started waiting proves the database down to it.
+        self.failed_started = float("-inf")
 
     @property
     def active(self) -> bool:
@@ -129,18 +132,24 @@ class Backoff:
     def due(self, now: float) -> bool:
         return now >= self.next_at
 
-    def failed(self, now: float, error: str) -> bool:
-        """Record a failed attempt; return whether it is the first of a series."""
+    def failed(self, now: float, error: str, started: float) -> bool:
+        """Record a failed attempt begun at ``started``; return whether it is the first of a series."""
         first = not self.active
         self.failures += 1
+        self.failed_started = max(self.failed_started, started)
         self.delay = min(BACKOFF_MAX, self.delay * 2 or BACKOFF_FIRST)
         self.next_at = now + self.delay * random.uniform(0.5, 1.0)
         self.last_error = error
         return first
 
+    def failed_since(self, since: float) -> bool:
+        """Whether the last attempt failed, and an attempt begun at or after ``since`` failed."""
+        return self.active and self.failed_started >= since
+
     def succeeded(self) -> str | None:
         """Record a successful attempt; return the error it recovered from, if any."""
         recovered = self.last_error if self.active else None
+        self.failed_started = float("-inf")  # a failure before this success proves nothing now
         self.delay = 0.0
         self.next_at = 0.0
         self.last_error = None

@@ -133,7 +133,7 @@ def connect_failed(pool: ConnectionPool, state: ProcessState, started: float, er
         state.counters.connections_num += 1
         state.counters.connections_errors += 1
         state.counters.connections_ms += int((now - started) * 1000)
-        first = state.backoff.failed(now, message)
+        first = state.backoff.failed(now, message, started)
         # Each decides whether to give up (the database is down) or wait for the next attempt.
         state.waiters.wake_each()
     log = _log.warning if first else _log.debug

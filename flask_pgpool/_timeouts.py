@@ -24,8 +24,16 @@ from psycopg2.extensions import connection
 
 from . import _dsn as dsnlib
 from ._queries import fetch_one
+from ._service import service_params
 
-__all__ = ["DEFAULT_NETWORK_TIMEOUT", "connect", "connect_params", "keepalive_params", "statement_timeout_ms"]
+__all__ = [
+    "DEFAULT_NETWORK_TIMEOUT",
+    "KEEPALIVE_KEYS",
+    "connect",
+    "connect_params",
+    "keepalive_params",
+    "statement_timeout_ms",
+]
 
 #: Seconds after which a connection on a silent network is given up, by default.
 DEFAULT_NETWORK_TIMEOUT = 30.0
@@ -34,6 +42,10 @@ DEFAULT_NETWORK_TIMEOUT = 30.0
 _MAX_KEEPALIVE_SECONDS = 32767
 _MAX_KEEPALIVE_COUNT = 127
 _MAX_MILLISECONDS = 2**31 - 1
+#: The libpq parameters of the network bound: a user who sets any of them sets the bound.
+KEEPALIVE_KEYS = frozenset(
+    {"keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count", "tcp_user_timeout"}
+)
 _STATEMENT_TIMEOUT_OPTION = re.compile(r"statement[-_]timeout\s*=")
 _REFUSED = "unsupported startup parameter"
 # How SHOW prints a duration: the largest unit that divides it ("200ms", "5s", "2min", "0").
@@ -77,14 +89,18 @@ def connect_params(
 ) -> dict[str, Any]:
     """The arguments to add to ``psycopg2.connect(dsn, **connect_args)`` for these bounds.
 
-    A parameter set in the DSN or ``connect_args`` wins over the bound's.
+    Any keepalive parameter set in the DSN, ``connect_args`` or the
+    connection service (``service=`` or ``PGSERVICE``) leaves the network
+    bound to the user: the pool adds none, since a mix of the user's values
+    and its own would be a bound nobody chose.
     The statement timeout joins the ``options`` already given (or the
     ``PGOPTIONS`` environment variable), unless those set one.
     """
-    given = {**dsnlib.parse(dsn), **connect_args}
+    explicit = {**dsnlib.parse(dsn), **{k: v for k, v in connect_args.items() if v is not None}}
+    given = {**service_params(explicit), **explicit}
     extra: dict[str, Any] = {}
-    if network_timeout:
-        extra.update((k, v) for k, v in keepalive_params(network_timeout).items() if k not in given)
+    if network_timeout and not KEEPALIVE_KEYS.intersection(given):
+        extra.update(keepalive_params(network_timeout))
     if statement_timeout:
         options = str(given.get("options") or os.environ.get("PGOPTIONS", ""))
         if not _STATEMENT_TIMEOUT_OPTION.search(options):

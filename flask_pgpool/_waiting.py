@@ -35,7 +35,6 @@ class Waiter:
         "counted_from",
         "deadline",
         "down_since",
-        "failures_seen",
         "in_queue",
         "joined",
         "queued",
@@ -43,6 +42,7 @@ class Waiter:
         "signalled",
         "sleep",
         "spawn",
+        "started",
     )
 
     def __init__(self) -> None:
@@ -55,12 +55,12 @@ class Waiter:
 
     def start(self, started: float, deadline: float) -> None:
         """Begin a new checkout, started at ``started``, that gives up at ``deadline``."""
+        self.started = started
         self.counted_from = started  # its wait until then is in requests_wait_ms
         self.deadline = deadline
         self.joined = False  # has been in the queue during this checkout
         self.queued = False  # counted in requests_queued (once per checkout)
         self.down_since: float | None = None  # when it found the database down
-        self.failures_seen = 0  # the pool's failed attempts by then
         self.sleep = 0.0  # how long to wait next
         self.spawn = 0  # connections to open before waiting
 

@@ -12,7 +12,9 @@ import psycopg2.errors
 import pytest
 from flask import Flask, jsonify
 from psycopg2.extensions import connection, make_dsn
+from support.netproxy import TcpProxy
 from support.pgcluster import PgCluster, private_cluster
+from support.poolkit import tcp_settings, via_proxy
 
 from flask_pgpool import ConfigError, PgPool, get_db
 from flask_pgpool._cli import status_command
@@ -319,3 +321,42 @@ def test_a_bind_sends_its_own_password(make_app: Callable[..., Flask], password_
     result = app.test_cli_runner().invoke(status_command, [])
     assert result.exit_code == 0, result.output
     assert MAIN_PASSWORD not in result.output and REPORTER_PASSWORD not in result.output
+
+
+def test_a_binds_own_network_timeout_beats_keepalives_inherited_from_the_app(
+    make_app: Callable[..., Flask], pg_dsn: str, proxy: TcpProxy
+) -> None:
+    """The app's PGPOOL_CONNECT_ARGS set the main pool's keepalives; a bind
+    that sets its own network_timeout gets that bound, not the app's values.
+    A bind that sets none takes the app's values, as it takes the rest."""
+    tcp = via_proxy(pg_dsn, proxy)
+    app = make_app(
+        PGPOOL_DSN=tcp,
+        PGPOOL_MINCONN=0,
+        PGPOOL_CONNECT_ARGS={"keepalives_idle": 60},
+        PGPOOL_BINDS={
+            "own_bound": {"dsn": tcp, "network_timeout": 6, "minconn": 0},
+            "inherits": {"dsn": tcp, "minconn": 0},
+        },
+    )
+    ext = app.extensions["pgpool"]
+
+    def settings(bind: str) -> dict[str, int]:
+        pool = ext.get_pool(bind, app=app)
+        conn = pool.getconn()
+        try:
+            assert one(conn, "SELECT 1") == 1
+            return tcp_settings(conn)
+        finally:
+            pool.putconn(conn)
+
+    assert settings("own_bound") == {
+        "keepalives": 1,
+        "keepalives_idle": 2,
+        "keepalives_interval": 1,
+        "keepalives_count": 4,
+        "tcp_user_timeout": 6_000,
+    }
+    for bind in ("default", "inherits"):
+        found = settings(bind)
+        assert (found["keepalives_idle"], found["tcp_user_timeout"]) == (60, 0), bind

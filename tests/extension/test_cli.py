@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlencode
@@ -15,8 +17,11 @@ from urllib.parse import urlencode
 import psycopg2.extensions
 import pytest
 from flask import Flask
+from support.netproxy import TcpProxy
+from support.poolkit import via_proxy
 
 from flask_pgpool import STATS_KEYS
+from flask_pgpool._health import ping
 
 PASSWORD = "C0rrect-Horse-cli"
 
@@ -177,3 +182,34 @@ def test_app_without_pgpool(tmp_path: Path) -> None:
     code, _, err = status(app)
     assert code == 1
     assert err == "Error: flask-pgpool is not set up on this app\n"
+
+
+def test_a_path_that_goes_silent_after_the_ping_is_bounded_by_the_timeout(
+    make_app: Callable[..., Flask], pg_dsn: str, proxy: TcpProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every exchange of the command gives up after --timeout: here the path
+    answers nothing once the ping is through, while the sizing query is sent
+    (the proxy's kernel acknowledges everything: TCP alone would wait forever)."""
+    app = make_app(PGPOOL_DSN=via_proxy(pg_dsn, proxy), PGPOOL_MINCONN=0, PGPOOL_NETWORK_TIMEOUT=0)
+
+
+    def ping_then_silence(conn: psycopg2.extensions.connection, timeout: float) -> bool:
+        answered = ping(conn, timeout)
+        proxy.blackhole()
+        return answered
+
+    monkeypatch.setattr("flask_pgpool._cli.ping", ping_then_silence)
+    outcome: list[tuple[int, str, str]] = []
+    started = time.monotonic()
+    command = threading.Thread(target=lambda: outcome.append(status(app, "--json", "--timeout", "2")), daemon=True)
+    command.start()
+    command.join(15)
+    elapsed = time.monotonic() - started
+    proxy.drop()  # frees a command still stuck, whatever happened
+    command.join(5)
+    assert outcome and elapsed < 2 + 4, f"the command still waited after {elapsed:.1f} s with --timeout 2"
+    code, out, err = outcome[0]
+    assert code == 0, out + err  # the database answered its ping: it is reachable
+    pool = json.loads(out)["pools"]["default"]
+    assert pool["reachable"] and pool["server_max_connections"] is None  # the sizing gave up
+    assert pool["stats"]["returns_bad"] == 0  # the connection it cut was closed, not returned broken

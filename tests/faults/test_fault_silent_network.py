@@ -15,10 +15,12 @@ path is back, requests succeed within seconds.
 from __future__ import annotations
 
 import gc
+import io
 import threading
 import time
 from collections.abc import Callable, Iterator
 
+import psycopg2
 import pytest
 from flask import Flask
 from support.faults import (
@@ -37,6 +39,7 @@ from support.faults import (
 from support.netns import NetNamespace, NetnsUnavailable
 from support.pgcluster import PgCluster, private_cluster
 
+from flask_pgpool import ConnectionPool
 from flask_pgpool._timeouts import DEFAULT_NETWORK_TIMEOUT
 
 pytestmark = pytest.mark.slow
@@ -265,3 +268,79 @@ def test_a_short_outage_is_ridden_out(path: NetNamespace, far: PgCluster, admin:
     assert outcome.status == 200, outcome
     stats = assert_no_leak(pool_of(app))
     assert (stats["returns_bad"], stats["connections_lost"], stats["connections_num"]) == (0, 0, 1)
+
+
+def _copy_pool(far: PgCluster, app_name: str) -> ConnectionPool:
+    return ConnectionPool(0, 1, far.dsn, network_timeout=BOUND, connect_args={"application_name": app_name})
+
+
+def test_a_copy_from_stdin_sending_into_a_silent_path_fails_within_the_bound(
+    path: NetNamespace, far: PgCluster, app_name: str, record_property: Callable[[str, object], None]
+) -> None:
+    """The client keeps sending and the server never acknowledges: once the
+    socket's buffer is full libpq waits to write, and tcp_user_timeout ends it."""
+    pool = _copy_pool(far, app_name)
+    try:
+        conn = pool.getconn()
+        with conn.cursor() as cur:
+            cur.execute("CREATE TEMP TABLE copied (line text)")
+        cut_at: list[float] = []
+        chunk = b"a line of a large COPY\n" * 2000
+
+        class Rows:
+            """Endless rows; the path goes silent after the first chunk is sent."""
+
+            def read(self, size: int = -1) -> bytes:
+                if not cut_at:
+                    cut_at.append(time.monotonic())
+                elif len(cut_at) == 1:
+                    path.cut()
+                    cut_at[0] = time.monotonic()
+                    cut_at.append(cut_at[0])
+                return chunk
+
+            def readline(self, size: int = -1) -> bytes:
+                return self.read(size)
+
+        with pytest.raises(psycopg2.OperationalError), conn.cursor() as cur:
+            cur.copy_expert("COPY copied FROM STDIN", Rows())
+        detected = time.monotonic() - cut_at[0]
+        record_property("copy_in_detected_s", round(detected, 2))
+        assert len(cut_at) == 2, "the path was not cut during the COPY"
+        assert detected <= BOUND + MARGIN, f"the COPY hung {detected:.1f} s after the cut"
+        pool.putconn(conn)
+        assert pool.get_stats()["returns_bad"] == 1
+    finally:
+        pool.closeall()
+
+
+def test_a_copy_to_stdout_waiting_on_a_silent_path_fails_within_the_bound(
+    path: NetNamespace, far: PgCluster, admin: Admin, app_name: str, record_property: Callable[[str, object], None]
+) -> None:
+    pool = _copy_pool(far, app_name)
+    try:
+        conn = pool.getconn()
+        failure: list[BaseException] = []
+
+        def copy_out() -> None:
+            try:
+                with conn.cursor() as cur:
+                    cur.copy_expert("COPY (SELECT pg_sleep(60)) TO STDOUT", io.BytesIO())
+            except BaseException as exc:
+                failure.append(exc)
+
+        copying = threading.Thread(target=copy_out, daemon=True, name="copy-out")
+        copying.start()
+        assert wait_until(lambda: bool(admin.sessions("active")), 5.0), "the COPY did not start"
+        path.cut()
+        cut_at = time.monotonic()
+        copying.join(BOUND + MARGIN + 5)
+        detected = time.monotonic() - cut_at
+        record_property("copy_out_detected_s", round(detected, 2))
+        assert not copying.is_alive(), f"the COPY still waited {detected:.1f} s after the cut"
+        assert failure and isinstance(failure[0], psycopg2.OperationalError), failure
+        assert detected <= BOUND + MARGIN
+        pool.putconn(conn)
+        assert pool.get_stats()["returns_bad"] == 1
+    finally:
+        pool.closeall()

@@ -3,6 +3,7 @@ network fails a checkout within its timeout instead of hanging it."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 
@@ -10,7 +11,9 @@ import pytest
 from support.netproxy import TcpProxy
 from support.poolkit import PoolFactory, query_one, run_in_thread, via_proxy, wait_until
 
-from flask_pgpool import DatabaseUnavailable, PoolTimeout
+from flask_pgpool import ConnectionPool, DatabaseUnavailable, PoolTimeout
+from flask_pgpool._checkout import FAIL_FAST
+from flask_pgpool._credentials import DsnSource
 
 # Fixtures shared by the pool tests.
 
@@ -180,3 +183,60 @@ def test_a_blackholed_network_ends_pings_and_connects_in_time_through_the_users_
     fresh = pool.getconn(timeout=10)
     assert query_one(fresh, "SELECT 1") == 1
     pool.putconn(fresh)
+
+
+def _down_then_silent(make_pool: PoolFactory, proxy: TcpProxy, dsn: DsnSource, **options: float) -> ConnectionPool:
+    """A pool whose connects through ``proxy`` have failed (the backoff is on),
+    then a path that answers nothing: the next connect hangs until its connect_timeout."""
+    pool = make_pool(0, 2, dsn=dsn, **options)  # type: ignore[arg-type]  # a DSN function, called per connect
+    proxy.drop()
+    with pytest.raises(DatabaseUnavailable):
+        pool.getconn()
+    proxy.blackhole()
+    return pool
+
+
+def test_a_connect_begun_before_the_wait_does_not_make_it_give_up(
+    make_pool: PoolFactory, proxy: TcpProxy, pg_dsn: str
+) -> None:
+    """Fail-fast needs proof from an attempt begun during the wait: an older
+    attempt that fails says nothing of the server as the wait finds it."""
+    target = [via_proxy(pg_dsn, proxy)]
+    pool = _down_then_silent(make_pool, proxy, lambda: target[0], timeout=20, connect_timeout=20)
+    first = run_in_thread(pool.getconn, name="first-in-line")
+    wait_until(lambda: pool.get_stats()["pool_size"] == 1, timeout=5, what="a connect to start")
+    second = run_in_thread(pool.getconn, name="second-in-line")
+    wait_until(lambda: pool.get_stats()["requests_waiting"] == 2, timeout=5, what="the second checkout to wait")
+    # Past the fail-fast delay of the second checkout: nothing but proof may end it now.
+    time.sleep(FAIL_FAST + 0.5)
+    target[0] = pg_dsn  # the next connects go straight to the server...
+    proxy.drop()  # ...and the one begun before the second checkout fails
+    conn = second(20)
+    assert query_one(conn, "SELECT 1") == 1
+    pool.putconn(conn)
+    # The first checkout began before that connect: its failure is proof
+    # enough for it (unless, on a slow machine, the next connect beat it).
+    with contextlib.suppress(DatabaseUnavailable):
+        pool.putconn(first(20))
+
+
+def test_a_timeout_while_a_connect_is_in_flight_does_not_blame_the_dsn(
+    make_pool: PoolFactory, proxy: TcpProxy, pg_dsn: str
+) -> None:
+    """Connects failed before, but the one under way when the checkout gives up
+    has not: nothing proves the server unreachable, and the message says what
+    happened and what to tune."""
+    pool = _down_then_silent(make_pool, proxy, via_proxy(pg_dsn, proxy), timeout=2, connect_timeout=20)
+    started = time.monotonic()
+    with pytest.raises(PoolTimeout) as info:
+        pool.getconn()
+    assert 2 <= time.monotonic() - started < 5
+    message = str(info.value)
+    assert not isinstance(info.value, DatabaseUnavailable), message
+    assert "connection string" not in message and "dsn" not in info.value.settings, message
+    assert "within 2 s (timeout)" in message and "1 connect" in message and "still under way" in message, message
+    assert "none begun during the wait has failed" in message, message
+    assert info.value.settings == ("timeout", "connect_timeout"), message
+    proxy.pass_through()
+    conn = pool.getconn(timeout=20)  # the connect under way goes through once the path is back
+    pool.putconn(conn)

@@ -5,8 +5,6 @@ with it. A silent path itself is tested in tests/faults/test_fault_silent_networ
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +12,7 @@ from pathlib import Path
 import pytest
 from psycopg2.extensions import connection, make_dsn, parse_dsn
 from support.netproxy import TcpProxy
-from support.poolkit import PoolFactory, query_one, run_in_thread, via_proxy, wait_until
+from support.poolkit import PoolFactory, query_one, run_in_thread, tcp_settings, via_proxy, wait_until
 
 from flask_pgpool import ConnectionPool
 from flask_pgpool._timeouts import keepalive_params
@@ -26,21 +24,6 @@ SYSTEM_KEEPALIVE_IDLE = int(Path("/proc/sys/net/ipv4/tcp_keepalive_time").read_t
 def tcp_dsn(pg_dsn: str, proxy: TcpProxy) -> str:
     """The test server over TCP (the session's server may be on a Unix socket)."""
     return via_proxy(pg_dsn, proxy)
-
-
-def tcp_settings(conn: connection) -> dict[str, int]:
-    """What the kernel holds for the connection's socket."""
-    sock = socket.socket(fileno=os.dup(conn.fileno()))
-    try:
-        return {
-            "keepalives": sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
-            "keepalives_idle": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
-            "keepalives_interval": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
-            "keepalives_count": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
-            "tcp_user_timeout": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
-        }
-    finally:
-        sock.close()
 
 
 @pytest.fixture
@@ -91,13 +74,81 @@ def test_network_timeout_off_leaves_the_systems_defaults(
     assert found["keepalives_idle"] == SYSTEM_KEEPALIVE_IDLE
 
 
-def test_values_in_the_dsn_or_connect_args_win(
-    make_pool: PoolFactory, tcp_dsn: str, checked_out: list[tuple[ConnectionPool, connection]]
+SYSTEM_KEEPALIVE_INTERVAL = int(Path("/proc/sys/net/ipv4/tcp_keepalive_intvl").read_text())
+SYSTEM_KEEPALIVE_COUNT = int(Path("/proc/sys/net/ipv4/tcp_keepalive_probes").read_text())
+
+
+@pytest.mark.parametrize(
+    ("in_dsn", "in_args", "expected"),
+    [
+        ({"keepalives_idle": 60}, {}, {"keepalives_idle": 60}),
+        ({}, {"tcp_user_timeout": 12_345}, {"tcp_user_timeout": 12_345}),
+        ({"keepalives_idle": 60}, {"keepalives_count": 2}, {"keepalives_idle": 60, "keepalives_count": 2}),
+        ({"keepalives": 1}, {}, {}),
+    ],
+)
+def test_any_keepalive_value_of_the_user_leaves_the_whole_bound_to_them(
+    make_pool: PoolFactory,
+    tcp_dsn: str,
+    checked_out: list[tuple[ConnectionPool, connection]],
+    in_dsn: dict[str, int],
+    in_args: dict[str, int],
+    expected: dict[str, int],
 ) -> None:
-    dsn = make_dsn(tcp_dsn, keepalives_idle=60)
-    found = settings_of(make_pool(dsn=dsn, connect_args={"tcp_user_timeout": 12_345}), checked_out)
-    assert (found["keepalives_idle"], found["tcp_user_timeout"]) == (60, 12_345)
-    assert (found["keepalives_interval"], found["keepalives_count"]) == (5, 4)  # the rest is the pool's
+    """A mix of the user's values and the pool's would be a bound nobody
+    chose: the pool adds none of its own, the system's defaults apply."""
+    found = settings_of(make_pool(dsn=make_dsn(tcp_dsn, **in_dsn), connect_args=in_args), checked_out)
+    assert found == {
+        "keepalives": 1,
+        "keepalives_idle": SYSTEM_KEEPALIVE_IDLE,
+        "keepalives_interval": SYSTEM_KEEPALIVE_INTERVAL,
+        "keepalives_count": SYSTEM_KEEPALIVE_COUNT,
+        "tcp_user_timeout": 0,
+        **expected,
+    }
+
+
+@pytest.mark.parametrize("named_by", ["dsn", "PGSERVICE", "system file"])
+def test_keepalive_values_of_a_connection_service_are_the_users(
+    make_pool: PoolFactory,
+    tcp_dsn: str,
+    checked_out: list[tuple[ConnectionPool, connection]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    named_by: str,
+) -> None:
+    """libpq reads the service's section of pg_service.conf: a keepalive value
+    there is the user's as much as one in the DSN."""
+    services = "# the app's services\n[other]\nkeepalives_idle=99\n[app]\nkeepalives_idle=45\n"
+    (tmp_path / "pg_service.conf").write_text(services)
+    if named_by == "system file":
+        # No user file (~/.pg_service.conf): libpq looks in PGSYSCONFDIR.
+        monkeypatch.delenv("PGSERVICEFILE", raising=False)
+        monkeypatch.setenv("HOME", str(tmp_path / "home"))
+        monkeypatch.setenv("PGSYSCONFDIR", str(tmp_path))
+    else:
+        monkeypatch.setenv("PGSERVICEFILE", str(tmp_path / "pg_service.conf"))
+    if named_by == "PGSERVICE":
+        monkeypatch.setenv("PGSERVICE", "app")
+        dsn = tcp_dsn
+    else:
+        dsn = make_dsn(tcp_dsn, service="app")
+    found = settings_of(make_pool(dsn=dsn), checked_out)
+    assert (found["keepalives_idle"], found["keepalives_interval"]) == (45, SYSTEM_KEEPALIVE_INTERVAL)
+    assert found["tcp_user_timeout"] == 0
+
+
+def test_a_service_without_keepalive_values_gets_the_bound(
+    make_pool: PoolFactory,
+    tcp_dsn: str,
+    checked_out: list[tuple[ConnectionPool, connection]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    (tmp_path / "pg_service.conf").write_text("[app]\nkeepalives_idle=45\n[plain]\nconnect_timeout=7\n")
+    monkeypatch.setenv("PGSERVICEFILE", str(tmp_path / "pg_service.conf"))
+    found = settings_of(make_pool(dsn=make_dsn(tcp_dsn, service="plain"), network_timeout=6), checked_out)
+    assert (found["keepalives_idle"], found["tcp_user_timeout"]) == (2, 6_000)
 
 
 def test_keepalives_off_in_the_dsn_turns_the_whole_bound_off(

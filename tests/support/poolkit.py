@@ -4,6 +4,7 @@ pids, server-side kills, proxies in front of the test server, bounded waits."""
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -153,3 +154,18 @@ def proxy(pg_dsn: str) -> Iterator[TcpProxy]:
     """A TcpProxy in front of the session's server (``via_proxy(pg_dsn, proxy)`` is its DSN)."""
     with TcpProxy(upstream_of(pg_dsn)) as tcp_proxy:
         yield tcp_proxy
+
+
+def tcp_settings(conn: connection) -> dict[str, int]:
+    """What the kernel holds for the connection's socket."""
+    sock = socket.socket(fileno=os.dup(conn.fileno()))
+    try:
+        return {
+            "keepalives": sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+            "keepalives_idle": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+            "keepalives_interval": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+            "keepalives_count": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+            "tcp_user_timeout": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
+        }
+    finally:
+        sock.close()
