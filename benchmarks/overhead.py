@@ -4,6 +4,11 @@ Times each piece of the fast path (checkout, health check, return, get_db,
 teardown) in one thread, interleaved, and prints the median cost of each in
 microseconds of this thread's CPU time, next to the cost of the same step
 with a dedicated connection or psycopg2's ThreadedConnectionPool.
+
+``--instructions`` counts instead the instructions one test-client request
+executes, under valgrind, for a dedicated connection per thread, a lean glue
+on the pool and the extension (see :mod:`benchmarks.instructions`): unlike
+times, they do not move with the machine's load.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psycopg2.extensions
@@ -22,10 +28,12 @@ from flask_pgpool._flask_compat import app_context as current_app_context
 from flask_pgpool._health import peek_state, poller_for
 from flask_pgpool._leases import Lease
 
+from . import instructions
 from .apps import dedicated_app, pgpool_app
 from .apps.common import make_app
 from .database import open_database
 from .micro import _interleave
+from .options import names_from
 
 #: Calls of a checked connection method per operation, in its cases.
 CALLS = 20
@@ -180,9 +188,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dsn", default=os.environ.get("BENCH_DSN"))
     ap.add_argument("--rounds", type=int, default=200)
     ap.add_argument("-n", type=int, default=20, help="operations per block")
+    counting = ap.add_argument_group("instructions per request (valgrind), instead of times")
+    counting.add_argument(
+        "--instructions", action="store_true", help="count instructions per request under valgrind's callgrind"
+    )
+    counting.add_argument(
+        "--cases",
+        type=names_from(instructions.CASES, "case"),
+        default=list(instructions.CASES),
+        help=f"comma-separated, of: {', '.join(instructions.CASES)}",
+    )
+    counting.add_argument("--requests", type=int, default=300, help="requests per counted run")
+    counting.add_argument("--runs", type=int, default=3, help="counted runs per case (the median is reported)")
+    counting.add_argument("--code", type=Path, help="the checkout whose flask_pgpool is measured (default: this one)")
+    counting.add_argument("--keep", type=Path, help="keep the callgrind files here (for callgrind_annotate)")
     args = ap.parse_args(argv)
     db = open_database(args.dsn)
     try:
+        if args.instructions:
+            counts = instructions.measure(
+                db.dsn, args.cases, requests=args.requests, runs=args.runs, code=args.code, keep=args.keep
+            )
+            instructions.print_counts(counts, args.code)
+            return 0
         cases, close = _cases(db.dsn)
         try:
             samples = _interleave(cases, args.n, args.rounds)
