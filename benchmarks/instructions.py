@@ -73,16 +73,12 @@ def _lean_app(dsn: str) -> Any:
     extension's guarantees (per-request leases inside a borrowed app context,
     streamed bodies, the use-after-end check, the 503).
     """
-    import functools
-
-    from flask.globals import _cv_app  # the lean way to the app context, as the extension reads it
-
     from flask_pgpool import ConnectionPool
 
     from .apps.common import make_app
 
+    current = _app_context_reader()
     pool = ConnectionPool(1, 4, dsn)
-    current = functools.partial(_cv_app.get, None)
     key = "_bench_lean_conn"
 
     def get_conn() -> Any:
@@ -104,6 +100,21 @@ def _lean_app(dsn: str) -> Any:
             pool.putconn(conn)
 
     return app
+
+
+def _app_context_reader() -> Callable[[], Any]:
+    """The measured checkout's own C-level reader of the current app context (Flask's context variable)."""
+    try:
+        from flask_pgpool._flask_compat import app_context
+
+        return app_context
+    except ImportError:
+        # A checkout from before _flask_compat: its extension module imported the variable itself.
+        import functools
+
+        from flask_pgpool._extension import _cv_app  # type: ignore[attr-defined,unused-ignore]
+
+        return functools.partial(_cv_app.get, None)
 
 
 def _request(case: str, dsn: str) -> Callable[[], Any]:

@@ -47,7 +47,6 @@ def close_pool(pool: ConnectionPool) -> None:
     _log.debug("pool %r closed", pool.name)
 
 
-
 def resize(pool: ConnectionPool, minconn: int, maxconn: int) -> None:
     """Change the pool's bounds at run time.
 

@@ -27,8 +27,6 @@ _log = logging.getLogger("flask_pgpool")
 _monotonic = time.monotonic
 
 
-
-
 def grow(pool: ConnectionPool, state: ProcessState, now: float) -> int:
     """Under the lock: reserve slots for the connections to open now; return how many.
 
