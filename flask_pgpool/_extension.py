@@ -188,11 +188,11 @@ class PgPool:
         state = ctx.app.extensions.get(_STATE)
         if not isinstance(state, _AppState) or state.owner is not self:
             state = self._state(ctx.app)  # raises, saying what to do
-        try:
-            take, give_back, guarded = state.sources[bind]
-        except KeyError:
+        source = state.sources.get(bind)
+        if source is None:
             state.pool(bind)  # raises, naming the binds there are
-            raise
+            raise KeyError(bind)
+        take, give_back, guarded = source
         if lease is None or lease.ctx is ENDED:
             ended_at = namespace.get(_ENDED_AT)
             if ended_at is not None and ended_at is compat.push_marker(scope):
@@ -207,11 +207,7 @@ class PgPool:
                     "(from an appcontext_tearing_down receiver, or later): use a teardown_appcontext "
                     "function instead, which runs while the request's connection is still there"
                 )
-            lease = namespace[_LEASE] = Lease(ctx, ctx.g if scope is ctx else scope)
-            if request is not None:
-                # Registered per request, so that requests that never call
-                # get_db() pay nothing for it.
-                compat.add_after_request(request, lease.hold_if_streamed)
+            lease = None
         else:
             closed = lease.conns.pop(bind, None)
             if closed is not None:
@@ -222,12 +218,18 @@ class PgPool:
                     # Already given back by the view itself: nothing left to free.
                     _log.warning("flask-pgpool: the closed %r connection was not checked out any more", bind)
         lender = state.lender
-        if lender is not None:
-            conn = lender.lend(bind)
-            lease.add(bind, lender.putconn, conn, guarded=False)
-        else:
+        if lender is None:
             conn = take()
-            lease.add(bind, give_back, conn, guarded)
+        else:
+            conn, give_back, guarded = lender.lend(bind), lender.putconn, False
+        if lease is None:
+            # Made once the connection is there: a checkout that fails leaves nothing to end.
+            lease = namespace[_LEASE] = Lease(ctx, ctx.g if scope is ctx else scope)
+            if request is not None:
+                # Registered per request, so that requests that never call
+                # get_db() pay nothing for it.
+                compat.add_after_request(request, lease.hold_if_streamed)
+        lease.add(bind, give_back, conn, guarded)
         return conn
 
     def _get_db_in_app_context(self, ctx: AppContext, bind: str) -> connection:
@@ -321,7 +323,16 @@ def get_db(name: str | None = None) -> connection:
         raise RuntimeError(
             "flask-pgpool is not set up on this app: create PgPool(app) or call pgpool.init_app(app) in the app factory"
         )
-    return ext._get_db(ctx, name)
+    # PgPool._get_db written out, so that a request's later get_db() calls are one call each.
+    bind = name or DEFAULT_BIND
+    request = _request_context()
+    namespace, scope = (ctx.g.__dict__, ctx) if request is None else _request_scope(ctx, request)
+    lease: Lease | None = namespace.get(_LEASE)
+    if lease is not None:
+        entry = lease.conns.get(bind)
+        if entry is not None and not entry[1].closed:
+            return entry[1]
+    return ext._check_out(ctx, namespace, scope, request, lease, bind)
 
 
 def _app_context() -> AppContext:
@@ -446,9 +457,19 @@ def _end_app_context(exc: BaseException | None) -> None:
     commit or rollback: uncommitted work is always rolled back. It only tells
     whether a streamed response that holds the connections will be sent.
     """
-    ctx = compat.app_context()
-    if ctx is not None:
-        _end(ctx.g.__dict__, ctx, exc)
+    ctx = _current_app_context()
+    if ctx is None:
+        return
+    # _end(ctx.g.__dict__, ctx, exc) written out: this runs at the end of every request.
+    namespace = ctx.g.__dict__
+    lease: Lease | None = namespace.get(_LEASE)
+    if lease is not None:
+        if lease.release is None:
+            lease.end()
+        elif lease.finish(exc):
+            return
+        del namespace[_LEASE]
+    namespace[_ENDED_AT] = compat.push_marker(ctx)
 
 
 def _end_borrowing_request(exc: BaseException | None) -> None:

@@ -66,10 +66,9 @@ def borrowed_by(request: Any, ctx: AppContext) -> bool:
     the request. ``RequestContext._cv_tokens`` records, for its first push,
     the app context it pushed, or None when it reused one.
     """
-    if request.app is not ctx.app:
-        return False
+    # The app is compared last: in production a request pushes its own context.
     tokens = request._cv_tokens
-    return bool(tokens) and tokens[0][1] is None
+    return bool(tokens) and tokens[0][1] is None and request.app is ctx.app
 
 
 def borrowing_request(ctx: AppContext) -> Any | None:

@@ -122,7 +122,8 @@ class Lease:
         streamed bodies (error pages, files) need no connection.
         """
         body = response.response
-        if self.conns and self.release is None and self.ctx is not ENDED and isinstance(body, types.GeneratorType):
+        # Most bodies are not generators: that test first.
+        if isinstance(body, types.GeneratorType) and self.conns and self.release is None and self.ctx is not ENDED:
             wrapped = ReleaseWhenSent(body, self)
             self.release = wrapped.release
             response.response = wrapped
