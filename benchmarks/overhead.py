@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         default=list(instructions.CASES),
         help=f"comma-separated, of: {', '.join(instructions.CASES)}",
     )
-    counting.add_argument("--requests", type=int, default=300, help="requests per counted run")
+    counting.add_argument("--requests", type=int, default=200, help="requests per counted run")
     counting.add_argument("--runs", type=int, default=3, help="counted runs per case (the median is reported)")
     counting.add_argument("--code", type=Path, help="the checkout whose flask_pgpool is measured (default: this one)")
     counting.add_argument("--keep", type=Path, help="keep the callgrind files here (for callgrind_annotate)")
