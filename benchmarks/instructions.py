@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CASES", "REFERENCE", "Count", "count_case", "measure", "print_counts"]
+__all__ = ["CASES", "REFERENCE", "Count", "count_case", "lean_app", "measure", "print_counts"]
 
 #: The benchmarks package's parent: the child imports ``benchmarks`` from here.
 _ROOT = Path(__file__).resolve().parent.parent
@@ -66,20 +66,22 @@ class Count:
         return max(self.per_request) - min(self.per_request)
 
 
-def _lean_app(dsn: str) -> Any:
+def lean_app(dsn: str, pool: Any = None) -> Any:
     """A lean hand-written glue on ConnectionPool: one context lookup per checkout and per teardown.
 
     What the extension's glue is compared with: the connection in the app
     context's ``g.__dict__``, given back by one teardown function; none of the
     extension's guarantees (per-request leases inside a borrowed app context,
-    streamed bodies, the use-after-end check, the 503).
+    streamed bodies, the use-after-end check, the 503). ``pool``: any pool
+    with ``getconn()`` and ``putconn()`` (default: a ConnectionPool of 1 to 4).
     """
     from flask_pgpool import ConnectionPool
 
     from .apps.common import make_app
 
     current = _app_context_reader()
-    pool = ConnectionPool(1, 4, dsn)
+    if pool is None:
+        pool = ConnectionPool(1, 4, dsn)
     key = "_bench_lean_conn"
 
     def get_conn() -> Any:
@@ -129,7 +131,7 @@ def _request(case: str, dsn: str) -> Callable[[], Any]:
 
         app = pgpool_app.create_app(dsn, 4)
     else:
-        app = _lean_app(dsn)
+        app = lean_app(dsn)
     client = app.test_client()
     path = "/nodb" if case.endswith("-nodb") else "/db"
 

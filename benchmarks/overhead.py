@@ -24,7 +24,6 @@ from flask import Flask
 from psycopg2.pool import ThreadedConnectionPool
 
 from flask_pgpool import ConnectionPool, PgPool, get_db
-from flask_pgpool._flask_compat import app_context as current_app_context
 from flask_pgpool._health import peek_state, poller_for
 from flask_pgpool._leases import Lease
 
@@ -80,8 +79,8 @@ def _cases(dsn: str) -> tuple[dict[str, Callable[[], Any]], Callable[[], None]]:
 
         return op
 
-    lean_ours = _lean_app(dsn, ConnectionPool(1, 4, dsn)).test_client()
-    lean_theirs = _lean_app(dsn, ThreadedConnectionPool(1, 4, dsn)).test_client()
+    lean_ours = instructions.lean_app(dsn, ConnectionPool(1, 4, dsn)).test_client()
+    lean_theirs = instructions.lean_app(dsn, ThreadedConnectionPool(1, 4, dsn)).test_client()
 
     cases: dict[str, Callable[[], Any]] = {
         "ThreadedConnectionPool getconn+putconn": lambda: theirs.putconn(theirs.getconn()),
@@ -148,39 +147,6 @@ def _check_pair(dsn: str) -> tuple[Flask, Flask]:
         PgPool(app)
         apps.append(app)
     return apps[0], apps[1]
-
-
-def _lean_app(dsn: str, pool: Any) -> Flask:
-    """A prototype of leaner glue: one context lookup per checkout and per teardown.
-
-    get_db() resolves the app context several times through Werkzeug's
-    LocalProxy (has_app_context, current_app, g); this reads it once and keeps
-    the connection in the context's ``g.__dict__``. It measures what that
-    change to the extension would save; it is not the extension.
-    """
-    key = "_bench_lean_conn"
-
-    def _context() -> Any:
-        ctx = current_app_context()
-        assert ctx is not None
-        return ctx
-
-    def get_conn() -> Any:
-        ns = _context().g.__dict__
-        conn = ns.get(key)
-        if conn is None:
-            conn = ns[key] = pool.getconn()
-        return conn
-
-    app = make_app("lean", get_conn)
-
-    @app.teardown_appcontext
-    def give_back(exc: BaseException | None) -> None:
-        conn = _context().g.__dict__.pop(key, None)
-        if conn is not None:
-            pool.putconn(conn)
-
-    return app
 
 
 def main(argv: list[str] | None = None) -> int:
