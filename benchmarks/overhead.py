@@ -4,6 +4,11 @@ Times each piece of the fast path (checkout, health check, return, get_db,
 teardown) in one thread, interleaved, and prints the median cost of each in
 microseconds of this thread's CPU time, next to the cost of the same step
 with a dedicated connection or psycopg2's ThreadedConnectionPool.
+
+``--instructions`` counts instead the instructions one test-client request
+executes, under valgrind, for a dedicated connection per thread, a lean glue
+on the pool and the extension (see :mod:`benchmarks.instructions`): unlike
+times, they do not move with the machine's load.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psycopg2.extensions
@@ -18,14 +24,15 @@ from flask import Flask
 from psycopg2.pool import ThreadedConnectionPool
 
 from flask_pgpool import ConnectionPool, PgPool, get_db
-from flask_pgpool._flask_compat import app_context as current_app_context
 from flask_pgpool._health import peek_state, poller_for
 from flask_pgpool._leases import Lease
 
+from . import instructions
 from .apps import dedicated_app, pgpool_app
 from .apps.common import make_app
 from .database import open_database
 from .micro import _interleave
+from .options import names_from
 
 #: Calls of a checked connection method per operation, in its cases.
 CALLS = 20
@@ -72,8 +79,8 @@ def _cases(dsn: str) -> tuple[dict[str, Callable[[], Any]], Callable[[], None]]:
 
         return op
 
-    lean_ours = _lean_app(dsn, ConnectionPool(1, 4, dsn)).test_client()
-    lean_theirs = _lean_app(dsn, ThreadedConnectionPool(1, 4, dsn)).test_client()
+    lean_ours = instructions.lean_app(dsn, ConnectionPool(1, 4, dsn)).test_client()
+    lean_theirs = instructions.lean_app(dsn, ThreadedConnectionPool(1, 4, dsn)).test_client()
 
     cases: dict[str, Callable[[], Any]] = {
         "ThreadedConnectionPool getconn+putconn": lambda: theirs.putconn(theirs.getconn()),
@@ -142,47 +149,34 @@ def _check_pair(dsn: str) -> tuple[Flask, Flask]:
     return apps[0], apps[1]
 
 
-def _lean_app(dsn: str, pool: Any) -> Flask:
-    """A prototype of leaner glue: one context lookup per checkout and per teardown.
-
-    get_db() resolves the app context several times through Werkzeug's
-    LocalProxy (has_app_context, current_app, g); this reads it once and keeps
-    the connection in the context's ``g.__dict__``. It measures what that
-    change to the extension would save; it is not the extension.
-    """
-    key = "_bench_lean_conn"
-
-    def _context() -> Any:
-        ctx = current_app_context()
-        assert ctx is not None
-        return ctx
-
-    def get_conn() -> Any:
-        ns = _context().g.__dict__
-        conn = ns.get(key)
-        if conn is None:
-            conn = ns[key] = pool.getconn()
-        return conn
-
-    app = make_app("lean", get_conn)
-
-    @app.teardown_appcontext
-    def give_back(exc: BaseException | None) -> None:
-        conn = _context().g.__dict__.pop(key, None)
-        if conn is not None:
-            pool.putconn(conn)
-
-    return app
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.overhead", description=__doc__)
     ap.add_argument("--dsn", default=os.environ.get("BENCH_DSN"))
     ap.add_argument("--rounds", type=int, default=200)
     ap.add_argument("-n", type=int, default=20, help="operations per block")
+    counting = ap.add_argument_group("instructions per request (valgrind), instead of times")
+    counting.add_argument(
+        "--instructions", action="store_true", help="count instructions per request under valgrind's callgrind"
+    )
+    counting.add_argument(
+        "--cases",
+        type=names_from(instructions.CASES, "case"),
+        default=list(instructions.CASES),
+        help=f"comma-separated, of: {', '.join(instructions.CASES)}",
+    )
+    counting.add_argument("--requests", type=int, default=200, help="requests per counted run")
+    counting.add_argument("--runs", type=int, default=3, help="counted runs per case (the median is reported)")
+    counting.add_argument("--code", type=Path, help="the checkout whose flask_pgpool is measured (default: this one)")
+    counting.add_argument("--keep", type=Path, help="keep the callgrind files here (for callgrind_annotate)")
     args = ap.parse_args(argv)
     db = open_database(args.dsn)
     try:
+        if args.instructions:
+            counts = instructions.measure(
+                db.dsn, args.cases, requests=args.requests, runs=args.runs, code=args.code, keep=args.keep
+            )
+            instructions.print_counts(counts, args.code)
+            return 0
         cases, close = _cases(db.dsn)
         try:
             samples = _interleave(cases, args.n, args.rounds)

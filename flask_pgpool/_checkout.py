@@ -78,9 +78,7 @@ def getconn_keyed(pool: ConnectionPool, key: Hashable, timeout: float | None) ->
         claim.set()
 
 
-def check_out(
-    pool: ConnectionPool, state: ProcessState, record: ConnectionRecord, now: float, deadline: float
-) -> bool:
+def check_out(pool: ConnectionPool, state: ProcessState, record: ConnectionRecord, now: float, deadline: float) -> bool:
     """Outside the lock: hand out ``record`` if it passes its health check.
 
     On success it is registered as checked out. Otherwise it is closed
@@ -118,6 +116,7 @@ def check_out(
         return True
     pool._discard(state, record, lost=verdict is Verdict.DEAD)
     return False
+
 
 def _ping(state: ProcessState, conn: connection, budget: float) -> bool:
     started = _monotonic()

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import psycopg2
-from flask import Flask, after_this_request
+from flask import Flask
 from flask.ctx import AppContext
 from flask.typing import ResponseReturnValue
 from psycopg2.extensions import connection
@@ -49,6 +49,9 @@ _ENDED_AT = "_flask_pgpool_ended_at"
 # callback may refer to its app.
 _STATE = "pgpool.state"
 _EMBEDDED_DIR = "pgdata"
+# Module globals, so that get_db() reads them without an attribute lookup.
+_current_app_context = compat.app_context
+_request_context = compat.request_context
 
 
 class Lender(Protocol):
@@ -170,25 +173,32 @@ class PgPool:
         # The context is read once and g's namespace used directly: Flask's
         # proxies cost more than the pool's own checkout on this path.
         bind = name or DEFAULT_BIND
-        namespace, scope = _scope(ctx)
+        request = _request_context()
+        namespace, scope = (ctx.g.__dict__, ctx) if request is None else _request_scope(ctx, request)
         lease: Lease | None = namespace.get(_LEASE)
         if lease is not None:
             entry = lease.conns.get(bind)
             if entry is not None and not entry[1].closed:
                 return entry[1]
-        return self._check_out(ctx, namespace, scope, lease, bind)
+        return self._check_out(ctx, namespace, scope, request, lease, bind)
 
     def _check_out(
-        self, ctx: AppContext, namespace: dict[str, Any], scope: Any, lease: Lease | None, bind: str
+        self,
+        ctx: AppContext,
+        namespace: dict[str, Any],
+        scope: Any,
+        request: Any,
+        lease: Lease | None,
+        bind: str,
     ) -> connection:
         state = ctx.app.extensions.get(_STATE)
         if not isinstance(state, _AppState) or state.owner is not self:
             state = self._state(ctx.app)  # raises, saying what to do
-        try:
-            take, give_back, guarded = state.sources[bind]
-        except KeyError:
+        source = state.sources.get(bind)
+        if source is None:
             state.pool(bind)  # raises, naming the binds there are
-            raise
+            raise KeyError(bind)
+        take, give_back, guarded = source
         if lease is None or lease.ctx is ENDED:
             ended_at = namespace.get(_ENDED_AT)
             if ended_at is not None and ended_at is compat.push_marker(scope):
@@ -203,11 +213,7 @@ class PgPool:
                     "(from an appcontext_tearing_down receiver, or later): use a teardown_appcontext "
                     "function instead, which runs while the request's connection is still there"
                 )
-            lease = namespace[_LEASE] = Lease(ctx, ctx.g if scope is ctx else scope)
-            if compat.request_context() is not None:
-                # Registered per request, so that requests that never call
-                # get_db() pay nothing for it.
-                after_this_request(lease.hold_if_streamed)
+            lease = None
         else:
             closed = lease.conns.pop(bind, None)
             if closed is not None:
@@ -218,12 +224,18 @@ class PgPool:
                     # Already given back by the view itself: nothing left to free.
                     _log.warning("flask-pgpool: the closed %r connection was not checked out any more", bind)
         lender = state.lender
-        if lender is not None:
-            conn = lender.lend(bind)
-            lease.add(bind, lender.putconn, conn, guarded=False)
-        else:
+        if lender is None:
             conn = take()
-            lease.add(bind, give_back, conn, guarded)
+        else:
+            conn, give_back, guarded = lender.lend(bind), lender.putconn, False
+        if lease is None:
+            # Made once the connection is there: a checkout that fails leaves nothing to end.
+            lease = namespace[_LEASE] = Lease(ctx, ctx.g if scope is ctx else scope)
+            if request is not None:
+                # Registered per request, so that requests that never call
+                # get_db() pay nothing for it.
+                compat.add_after_request(request, lease.hold_if_streamed)
+        lease.add(bind, give_back, conn, guarded)
         return conn
 
     def _get_db_in_app_context(self, ctx: AppContext, bind: str) -> connection:
@@ -232,7 +244,7 @@ class PgPool:
         entry = lease.conns.get(bind) if lease is not None else None
         if entry is not None and not entry[1].closed:
             return entry[1]
-        return self._check_out(ctx, namespace, ctx, lease, bind)
+        return self._check_out(ctx, namespace, ctx, _request_context(), lease, bind)
 
     def get_pool(self, name: str | None = None, app: Flask | None = None) -> ConnectionPool:
         """The pool of ``app`` (default: the current app) for bind ``name``."""
@@ -311,13 +323,25 @@ def get_db(name: str | None = None) -> connection:
 
     Works in any blueprint without importing the ``PgPool`` instance.
     """
-    ctx = _app_context()
+    # The same as _app_context(), written out: one call less on every get_db().
+    ctx = _current_app_context()
+    if ctx is None:
+        ctx = _app_context()  # raises, saying where get_db() works
     ext = ctx.app.extensions.get("pgpool")
     if not isinstance(ext, PgPool):
         raise RuntimeError(
             "flask-pgpool is not set up on this app: create PgPool(app) or call pgpool.init_app(app) in the app factory"
         )
-    return ext._get_db(ctx, name)
+    # PgPool._get_db written out, so that a request's later get_db() calls are one call each.
+    bind = name or DEFAULT_BIND
+    request = _request_context()
+    namespace, scope = (ctx.g.__dict__, ctx) if request is None else _request_scope(ctx, request)
+    lease: Lease | None = namespace.get(_LEASE)
+    if lease is not None:
+        entry = lease.conns.get(bind)
+        if entry is not None and not entry[1].closed:
+            return entry[1]
+    return ext._check_out(ctx, namespace, scope, request, lease, bind)
 
 
 def _app_context() -> AppContext:
@@ -335,22 +359,22 @@ def _current_lease(app: Flask) -> Lease | None:
     ctx = compat.app_context()
     if ctx is None or ctx.app is not app:
         return None
-    lease: Lease | None = _scope(ctx)[0].get(_LEASE)
+    request = _request_context()
+    namespace = ctx.g.__dict__ if request is None else _request_scope(ctx, request)[0]
+    lease: Lease | None = namespace.get(_LEASE)
     return lease
 
 
-def _scope(ctx: AppContext) -> tuple[dict[str, Any], Any]:
-    """Where the current request's (or app context's) lease lives, and the context it ends with.
+def _request_scope(ctx: AppContext, request: Any) -> tuple[dict[str, Any], Any]:
+    """Where the lease of ``request`` (the current request context, in app context ``ctx``) lives,
+    and the context it ends with.
 
     The app context, unless the request borrows it (then the request context).
     """
-    request = compat.request_context()
-    if request is None:
-        return ctx.g.__dict__, ctx
     known = request.__dict__.get(_SCOPE)
     if known is not None and known[0] is ctx:
         return known[1], known[2]
-    if compat.borrowing_request(ctx) is request:
+    if compat.borrowed_by(request, ctx):
         found: tuple[dict[str, Any], Any] = (request.__dict__, request)
         _end_borrowing_requests(ctx.app)
     else:
@@ -442,9 +466,19 @@ def _end_app_context(exc: BaseException | None) -> None:
     commit or rollback: uncommitted work is always rolled back. It only tells
     whether a streamed response that holds the connections will be sent.
     """
-    ctx = compat.app_context()
-    if ctx is not None:
-        _end(ctx.g.__dict__, ctx, exc)
+    ctx = _current_app_context()
+    if ctx is None:
+        return
+    # _end(ctx.g.__dict__, ctx, exc) written out: this runs at the end of every request.
+    namespace = ctx.g.__dict__
+    lease: Lease | None = namespace.get(_LEASE)
+    if lease is not None:
+        if lease.release is None:
+            lease.end()
+        elif lease.finish(exc):
+            return
+        del namespace[_LEASE]
+    namespace[_ENDED_AT] = compat.push_marker(ctx)
 
 
 def _end_borrowing_request(exc: BaseException | None) -> None:
@@ -454,12 +488,9 @@ def _end_borrowing_request(exc: BaseException | None) -> None:
     if ctx is None or request is None:
         return
     known = request.__dict__.get(_SCOPE)
-    if known is not None and known[0] is ctx:
-        borrowed = known[2] is request
-    else:
-        # No get_db() in this request (yet): nothing to give back, but a late
-        # get_db() must not check out what nothing would give back.
-        borrowed = compat.borrowing_request(ctx) is request
+    # Without a get_db() in this request (yet) there is nothing to give back,
+    # but a late get_db() must not check out what nothing would give back.
+    borrowed = known[2] is request if known is not None and known[0] is ctx else compat.borrowed_by(request, ctx)
     if borrowed:
         _end(request.__dict__, request, exc)
 
@@ -467,7 +498,9 @@ def _end_borrowing_request(exc: BaseException | None) -> None:
 def _end(namespace: dict[str, Any], scope: Any, exc: BaseException | None) -> None:
     lease: Lease | None = namespace.get(_LEASE)
     if lease is not None:
-        if lease.finish(exc):
+        if lease.release is None:
+            lease.end()  # what finish() does without a streamed response, one call less
+        elif lease.finish(exc):
             # The streamed body gives it back; stream_with_context may push
             # this context again meanwhile, and get_db() must find it there.
             return

@@ -17,8 +17,10 @@ from flask import globals as flask_globals
 from flask.ctx import AppContext
 
 __all__ = [
+    "add_after_request",
     "app_context",
     "app_error_handlers",
+    "borrowed_by",
     "borrowing_request",
     "enclosing_app_contexts",
     "has_app_error_handler",
@@ -43,13 +45,19 @@ TeardownFunction = Callable[[BaseException | None], None]
 app_context: Callable[[], AppContext | None] = functools.partial(_cv_app.get, None)
 
 
-def request_context() -> Any | None:
-    """The current request context, or None (also on a Flask without request contexts)."""
-    return None if _cv_request is None else _cv_request.get(None)
+def _no_request_context() -> None:
+    return None
 
 
-def borrowing_request(ctx: AppContext) -> Any | None:
-    """The current request context if it runs inside ``ctx`` without having pushed it.
+#: The current request context, or None (also on a Flask without request
+#: contexts). C-level where it can be, as app_context: get_db() calls it.
+request_context: Callable[[], Any | None] = (
+    _no_request_context if _cv_request is None else functools.partial(_cv_request.get, None)
+)
+
+
+def borrowed_by(request: Any, ctx: AppContext) -> bool:
+    """Whether ``request`` (the current request context) runs inside ``ctx`` without having pushed it.
 
     Before Flask 3.2, a request context pushed while an app context of the
     same app is current (pytest-flask's context for the test, or a test's
@@ -58,13 +66,26 @@ def borrowing_request(ctx: AppContext) -> Any | None:
     the request. ``RequestContext._cv_tokens`` records, for its first push,
     the app context it pushed, or None when it reused one.
     """
-    request = request_context()
-    if request is None or request.app is not ctx.app:
-        return None
+    # The app is compared last: in production a request pushes its own context.
     tokens = request._cv_tokens
-    if tokens and tokens[0][1] is None:
+    return bool(tokens) and tokens[0][1] is None and request.app is ctx.app
+
+
+def borrowing_request(ctx: AppContext) -> Any | None:
+    """The current request context if it runs inside ``ctx`` without having pushed it (see borrowed_by)."""
+    request = request_context()
+    if request is not None and borrowed_by(request, ctx):
         return request
     return None
+
+
+def add_after_request(request: Any, func: Callable[[Any], Any]) -> None:
+    """``flask.after_this_request(func)`` for ``request``, the current request context.
+
+    The same list Flask's function appends to, without looking the request
+    context up again (get_db() has it at hand).
+    """
+    request._after_request_functions.append(func)
 
 
 def push_marker(ctx: Any) -> object | None:

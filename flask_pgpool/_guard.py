@@ -85,28 +85,48 @@ else:
 
 
 class LeaseGuard(_Connection):
-    """Mixed into the app's connection class: refuses work once its lease has ended."""
+    """Mixed into the app's connection class: refuses work once its lease has ended.
+
+    ``cursor()``, ``commit()`` and ``rollback()`` are those of :func:`_guarded_methods`,
+    written into each class :func:`guarded_factory` makes.
+    """
 
     #: The lease it is checked out under (see _leases.Lease); None: not a request's.
     _pgpool_lease: _Lease | None = None
 
-    def cursor(self, *args: Any, **kwargs: Any) -> Any:
-        lease = self._pgpool_lease
-        if lease is not None and lease.ctx() is not compat.app_context():
-            _check(lease)
-        return super().cursor(*args, **kwargs)
 
-    def commit(self) -> None:
-        lease = self._pgpool_lease
-        if lease is not None and lease.ctx() is not compat.app_context():
-            _check(lease)
-        super().commit()
+# Read as a module global by the guarded methods, which every cursor() of a request runs.
+_app_context = compat.app_context
 
-    def rollback(self) -> None:
+
+def _guarded_methods(base: type[connection]) -> dict[str, Any]:
+    """``cursor()``, ``commit()`` and ``rollback()`` that check the lease, then call ``base``'s.
+
+    ``base``'s methods are bound once here rather than found by ``super()``
+    at every call (a super object and a walk of the MRO each time), which is
+    most of what the check costs on a request.
+    """
+    base_cursor, base_commit, base_rollback = base.cursor, base.commit, base.rollback
+
+    def cursor(self: Any, *args: Any, **kwargs: Any) -> Any:
         lease = self._pgpool_lease
-        if lease is not None and lease.ctx() is not compat.app_context():
+        if lease is not None and lease.ctx() is not _app_context():
             _check(lease)
-        super().rollback()
+        return base_cursor(self, *args, **kwargs)
+
+    def commit(self: Any) -> None:
+        lease = self._pgpool_lease
+        if lease is not None and lease.ctx() is not _app_context():
+            _check(lease)
+        base_commit(self)
+
+    def rollback(self: Any) -> None:
+        lease = self._pgpool_lease
+        if lease is not None and lease.ctx() is not _app_context():
+            _check(lease)
+        base_rollback(self)
+
+    return {"cursor": cursor, "commit": commit, "rollback": rollback}
 
 
 def _check(lease: _Lease) -> None:
@@ -167,7 +187,8 @@ def guarded_factory(base: Any) -> type | None:
         guarded = _factories.get(base)
         if guarded is None:
             # Same name as the user's class, so that what users print stays familiar.
-            guarded = type(base.__name__, (LeaseGuard, base), {"__module__": __name__})
+            namespace = {"__module__": __name__, **_guarded_methods(base)}
+            guarded = type(base.__name__, (LeaseGuard, base), namespace)
             _factories[base] = guarded
     return guarded
 

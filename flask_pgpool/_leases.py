@@ -9,7 +9,6 @@ refuses to work (see ``_guard``).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import types
 import weakref
@@ -75,9 +74,11 @@ class Lease:
     def add(self, bind: str, give_back: GiveBack, conn: connection, guarded: bool) -> None:
         self.conns[bind] = (give_back, conn)
         if guarded:
-            # A connection_factory function's connection has no check, nor room for a lease.
-            with contextlib.suppress(AttributeError):
+            # A try rather than contextlib.suppress (three calls): this runs at every checkout.
+            try:
                 conn._pgpool_lease = self  # type: ignore[attr-defined]
+            except AttributeError:
+                return  # a connection_factory function's connection has no check, nor room for a lease
 
     def finish(self, exc: BaseException | None) -> bool:
         """The request's teardown: give the connections back, unless a response that will be sent holds them.
@@ -120,8 +121,10 @@ class Lease:
         Only a generator body can run view code after the view returned; other
         streamed bodies (error pages, files) need no connection.
         """
-        if self.conns and self.release is None and self.open and isinstance(response.response, types.GeneratorType):
-            body = ReleaseWhenSent(response.response, self)
-            self.release = body.release
-            response.response = body
+        body = response.response
+        # Most bodies are not generators: that test first.
+        if isinstance(body, types.GeneratorType) and self.conns and self.release is None and self.ctx is not ENDED:
+            wrapped = ReleaseWhenSent(body, self)
+            self.release = wrapped.release
+            response.response = wrapped
         return response

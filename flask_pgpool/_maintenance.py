@@ -47,7 +47,6 @@ def close_pool(pool: ConnectionPool) -> None:
     _log.debug("pool %r closed", pool.name)
 
 
-
 def cancel_running(pool: ConnectionPool) -> int:
     """Cancel the queries running on connections checked out now; return how many.
 

@@ -14,8 +14,6 @@ if TYPE_CHECKING:
 __all__ = ["closed_error", "timeout_error", "too_many_error", "wait_error"]
 
 
-
-
 def closed_error(pool: ConnectionPool) -> PoolClosed:
     return PoolClosed(f"pool {pool.name!r} is closed", pool=pool.name)
 

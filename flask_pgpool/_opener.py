@@ -31,8 +31,6 @@ _MIN_CONNECT_TIMEOUT = 2.0
 _FORK_WAIT_MARGIN = 1.0
 
 
-
-
 def grow(pool: ConnectionPool, state: ProcessState, now: float) -> int:
     """Under the lock: reserve slots for the connections to open now; return how many.
 
