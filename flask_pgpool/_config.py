@@ -83,8 +83,10 @@ def _int(minimum: int) -> Parser:
 
 
 def _number(value: Any) -> Any:
-    """A number from the environment's text; anything else unchanged (and refused by the check)."""
+    """A number (or "None") from the environment's text; anything else unchanged (and refused by the check)."""
     if isinstance(value, str):
+        if value.strip().lower() == "none":  # Flask's from_prefixed_env turns only "null" into None
+            return None
         with contextlib.suppress(ValueError):
             return float(value)
     return value
@@ -631,8 +633,10 @@ def _warn_unknown_keys(config: Mapping[str, Any]) -> None:
         if not isinstance(key, str) or key in KNOWN_KEYS:
             continue
         if key.startswith(PREFIX):
+            # A near miss first (PGPOOL_maxconn is PGPOOL_MAXCONN in the wrong
+            # case, which difflib, comparing letters as they are, does not see).
             hint = difflib.get_close_matches(key, sorted(KNOWN_KEYS), n=1, cutoff=0.5)
-            meant = hint[0] if hint else None
+            meant = _near_miss(key) or (hint[0] if hint else None)
         else:
             meant = _near_miss(key)
             if meant is None:

@@ -34,7 +34,7 @@ def wait_error(pool: ConnectionPool, state: ProcessState, limit: float, *, since
     error = _last_error(state)
     if error and not state.records and state.backoff.failed_since(since):
         return DatabaseUnavailable(
-            f"pool {pool.name!r}: could not connect to the database: {error}. "
+            f"pool {pool.name!r}: could not connect to the database: {error} "
             f"Check that the server is up and that the connection string ({label('dsn')}) is right",
             pool=pool.name,
             settings=("dsn",),
@@ -55,12 +55,12 @@ def timeout_error(pool: ConnectionPool, state: ProcessState, limit: float, *, si
     if error and state.backoff.failed_since(since):
         return PoolTimeout(
             f"pool {pool.name!r}: could not connect to the database within {within}: "
-            f"{error}. Check that the server is up and that the connection "
+            f"{error} Check that the server is up and that the connection "
             f"string ({label('dsn')}) is right",
             pool=pool.name,
             settings=("dsn", "timeout"),
         )
-    earlier = f" An earlier connect failed: {error}." if error else ""
+    earlier = f" An earlier connect failed: {error}" if error else ""
     if state.opening and len(state.records) < pool.maxconn:
         connects = f"{state.opening} connect{'s' if state.opening > 1 else ''}"
         connect_timeout = pool._connector.connect_timeout
@@ -91,6 +91,13 @@ def timeout_error(pool: ConnectionPool, state: ProcessState, limit: float, *, si
 
 
 def _last_error(state: ProcessState) -> str | None:
-    """The error of the last connect, if it failed (without its final period: a sentence follows)."""
+    """The error of the last connect, if it failed, ending in one stop: a sentence follows.
+
+    libpq's own messages end in "." or in a question ("...accepting TCP/IP
+    connections?"), which keeps its mark.
+    """
     error = state.backoff.last_error if state.backoff.active else None
-    return error.rstrip().rstrip(".") if error else None
+    if not error:
+        return None
+    error = error.rstrip().rstrip(".")
+    return error if error.endswith(("?", "!")) else error + "."

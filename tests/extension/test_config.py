@@ -75,6 +75,10 @@ FROM_STRINGS = [
     ("PGPOOL_READ_ONLY", "False", "read_only", False),
     ("PGPOOL_RETRY_AFTER", "0", "retry_after", 0),
     ("PGPOOL_EMBEDDED", "true", "embedded", True),
+    ("PGPOOL_PING_AFTER", "None", "ping_after", None),
+    ("PGPOOL_LEAK_TIMEOUT", " none ", "leak_timeout", None),
+    ("PGPOOL_NETWORK_TIMEOUT", "None", "network_timeout", None),
+    ("PGPOOL_STATEMENT_TIMEOUT", "NONE", "statement_timeout", None),
 ]
 
 
@@ -351,6 +355,8 @@ def test_unrelated_keys_do_not_warn(setup: Callable[..., tuple[PgPool, Flask]]) 
         ("pgpool-connect-args", "PGPOOL_CONNECT_ARGS"),
         ("PG_POOL_CONECT_TIMOUT", "PGPOOL_CONNECT_TIMEOUT"),
         ("pgpool_binds", "PGPOOL_BINDS"),
+        ("PGPOOL_maxconn", "PGPOOL_MAXCONN"),
+        ("PGPOOL_Connect_Timeout", "PGPOOL_CONNECT_TIMEOUT"),
     ],
 )
 def test_key_in_the_wrong_case_or_with_a_near_miss_prefix_warns(

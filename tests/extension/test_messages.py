@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from collections.abc import Callable
 
@@ -10,7 +11,7 @@ import pytest
 from flask import Flask
 from support.poolkit import wait_until
 
-from flask_pgpool import PoolTimeout, TooManyRequests, get_db
+from flask_pgpool import DatabaseUnavailable, PoolTimeout, TooManyRequests, get_db
 
 
 def test_a_timeout_names_the_keys_to_raise(make_app: Callable[..., Flask]) -> None:
@@ -55,3 +56,16 @@ def test_a_leak_warning_names_the_key(make_app: Callable[..., Flask], caplog: py
     conn = pool.getconn()
     wait_until(lambda: "PGPOOL_LEAK_TIMEOUT" in caplog.text, timeout=10, what="the leak warning")
     pool.putconn(conn)
+
+
+def test_a_refused_connect_reads_as_sentences(make_app: Callable[..., Flask]) -> None:
+    """libpq's message ends in a question; the advice after it starts a new sentence."""
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    app = make_app(PGPOOL_DSN=f"host=127.0.0.1 port={port} dbname=nothing", PGPOOL_TIMEOUT=2)
+    with app.app_context(), pytest.raises(DatabaseUnavailable) as info:
+        get_db()
+    message = str(info.value)
+    assert "?." not in message and ".." not in message, message
+    assert " Check that the server is up and that the connection string (PGPOOL_DSN) is right" in message
