@@ -32,11 +32,17 @@ from ._health import bounded
 from ._record import ConnectionRecord
 from ._session import execute_plain
 
-__all__ = ["FailoverGuard"]
+__all__ = ["READ_ONLY", "FailoverGuard"]
 
 _log = logging.getLogger("flask_pgpool")
 
-_READ_ONLY = "default_transaction_read_only"
+#: The setting the server reports on every session (PostgreSQL 14+): "on" once
+#: it refuses writes. Idle says nothing of how a request went (a refused write
+#: comes back idle in autocommit, after ``with conn:`` and after the view's own
+#: rollback), so the pool reads it on every return of a ``record.idle_watched``
+#: connection: a client-side read, no round trip.
+READ_ONLY = "default_transaction_read_only"
+_READ_ONLY = READ_ONLY
 _HOT_STANDBY = "in_hot_standby"
 
 
@@ -89,17 +95,6 @@ class FailoverGuard:
             return False
         record.verified_at = time.monotonic()
         return True
-
-    def reports_read_only(self, conn: connection) -> bool:
-        """For a connection returned idle as it was handed out, when ``record.idle_watched``:
-        must it go through :meth:`returned`? (One client-side read, no round trip.)
-
-        Idle says nothing of how the request went: a write the server refused
-        comes back idle in autocommit, after ``with conn:`` and after the
-        view's own rollback. The server reports the fence on the session
-        (``default_transaction_read_only``) by its next answer.
-        """
-        return conn.get_parameter_status(_READ_ONLY) == "on"
 
     def returned(self, conn: connection, record: ConnectionRecord) -> bool:
         """On return, outside the pool's lock: False if the connection's server went read-only.

@@ -37,7 +37,7 @@ from . import _checkout, _fork, _housekeeper, _maintenance, _messages, _returnin
 from . import _dsn as dsnlib
 from ._connector import Connector
 from ._credentials import ArgsSource, DsnSource
-from ._failover import FailoverGuard
+from ._failover import READ_ONLY, FailoverGuard
 from ._record import ConnectionRecord, HealthPolicy
 from ._session import Reset, close_quietly, session_of
 from ._state import ProcessState
@@ -51,6 +51,7 @@ _log = logging.getLogger("flask_pgpool")
 _monotonic = time.monotonic
 _IDLE = TRANSACTION_STATUS_IDLE
 _READY = STATUS_READY
+_READ_ONLY = READ_ONLY  # see _failover
 _getpid = os.getpid
 
 # A checkout that finds the database down (the last connect failed and no
@@ -256,7 +257,7 @@ class ConnectionPool(ThreadedConnectionPool):
             and record.conn.get_transaction_status() == _IDLE
             and record.conn.status == _READY  # else the driver thinks a transaction is open
             and session_of(record.conn) == record.session
-            and not (record.idle_watched and self._failover.reports_read_only(record.conn))
+            and not (record.idle_watched and record.conn.get_parameter_status(_READ_ONLY) == "on")
         ):
             now = _monotonic()
             with state.lock:
