@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import textwrap
 import time
@@ -58,6 +59,39 @@ def test_a_failing_test_still_stops_the_server_and_its_workers(tmp_path: Path) -
     while (_alive(master) or _alive(worker)) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(master) and not _alive(worker)
+
+
+# A server that stops on Ctrl-C like waitress does: Python's KeyboardInterrupt, then exit 0.
+STOPS_ON_SIGINT = """
+    import http.server, sys
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(404)
+            self.end_headers()
+
+    server = http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        sys.exit(0)
+"""
+
+
+def test_a_server_stops_on_sigint_when_the_tests_run_with_sigint_ignored(tmp_path: Path) -> None:
+    # A shell starts a background job (`pytest ... &` in a script, CI steps
+    # alike) with SIGINT and SIGQUIT ignored, and an ignored signal stays
+    # ignored across fork and exec: Python then installs no KeyboardInterrupt
+    # handler, and a server stopped with SIGINT (waitress) would never stop.
+    script = tmp_path / "server.py"
+    script.write_text(textwrap.dedent(STOPS_ON_SIGINT))
+    port = free_port()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with running("sigint", [sys.executable, str(script), str(port)], port=port, env={}, cwd=tmp_path) as server:
+            assert server.stop(signal.SIGINT, timeout=20) == 0
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_max_overlap_counts_queries_running_at_the_same_moment() -> None:

@@ -44,6 +44,8 @@ __all__ = [
 # The folder of served_app.py, put on the servers' PYTHONPATH (alone: support/ has an http.py).
 SERVED_APP_DIR = Path(__file__).resolve().parent / "wsgi"
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+# The signals that tests send servers, or that a shell may have left ignored.
+_RESTORED_SIGNALS = (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTERM)
 # Looked up now: the child calls it between fork and exec, where it must not load anything.
 try:
     _prctl: Callable[..., int] | None = ctypes.CDLL(None, use_errno=True).prctl
@@ -81,8 +83,13 @@ class Server:
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            # PYTHONFAULTHANDLER (see running()) makes SIGABRT write every thread's stack to the log.
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGABRT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(10)
             raise AssertionError(
-                f"{self.name} did not stop within {timeout} s of {sig.name}:\n{self.output()}"
+                f"{self.name} did not stop within {timeout} s of {sig.name}:\n{self.output(12000)}"
             ) from None
 
 
@@ -103,7 +110,8 @@ def running(
     block like Ctrl-C does, and the server's master gets SIGKILL if pytest dies.
     """
     log = cwd / f"{name}.log"
-    environ = {**os.environ, **env}
+    # A server that hangs on shutdown is sent SIGABRT: its threads' stacks go to the log.
+    environ = {**os.environ, "PYTHONFAULTHANDLER": "1", **env}
     environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SERVED_APP_DIR), environ.get("PYTHONPATH")]))
     with _sigterm_interrupts(), log.open("wb") as out:
         proc = subprocess.Popen(
@@ -113,7 +121,7 @@ def running(
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_child_setup,
         )
         server = Server(name, proc, f"http://127.0.0.1:{port}", log)
         try:
@@ -139,8 +147,15 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _die_with_parent() -> None:
-    # In the child, before exec: Linux sends it SIGKILL when pytest's thread goes away.
+def _child_setup() -> None:
+    # In the child, before exec.
+    # A signal ignored here stays ignored in the server, and a shell starts a
+    # background job (`pytest &` in a script) with SIGINT and SIGQUIT ignored,
+    # nohup with SIGHUP ignored: Python would then install no KeyboardInterrupt
+    # handler, and a server stopped with SIGINT (waitress) would never stop.
+    for sig in _RESTORED_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
+    # Linux sends the child SIGKILL when pytest's thread goes away.
     if _prctl is not None:
         _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
