@@ -21,7 +21,7 @@ from flask.typing import ResponseReturnValue
 from psycopg2.extensions import connection
 
 from . import _flask_compat as compat
-from . import _maintenance
+from . import _fork, _maintenance
 from ._config import DEFAULT_BIND, PoolSettings, check_options, read_settings
 from ._embedded import embedded_dsn
 from ._errors import PgPoolError
@@ -128,6 +128,9 @@ class PgPool:
                 "(app.extensions['pgpool'] is taken)"
             )
         settings = read_settings(app.config, self._options)
+        unhooked = _fork.unhooked_fork_warning()
+        if unhooked:
+            _log.warning("flask-pgpool: %s", unhooked)
         pools = {name: _make_pool(app, name, s) for name, s in settings.items()}
         retry_after = settings[DEFAULT_BIND].retry_after
         app.extensions[_STATE] = _AppState(owner=self, pools=pools, settings=settings)

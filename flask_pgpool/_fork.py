@@ -17,13 +17,14 @@ the child has since opened under the same descriptor number.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import threading
 import time
 import weakref
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from psycopg2.extensions import connection
 
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from ._pool import ConnectionPool
     from ._state import ProcessState
 
-__all__ = ["connecting", "current_state", "release_sockets", "stale", "track"]
+__all__ = ["connecting", "current_state", "release_sockets", "stale", "track", "unhooked_fork_warning"]
 
 _log = logging.getLogger("flask_pgpool")
 _pools: weakref.WeakSet[ConnectionPool] = weakref.WeakSet()
@@ -129,3 +130,33 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
+
+
+def unhooked_fork_warning() -> str | None:
+    """What to change when this process is a uWSGI master that forks its workers unsafely, else None.
+
+    uWSGI loads the app in its master (unless ``lazy-apps``) and forks the
+    workers from C, without Python's fork hooks unless
+    ``--py-call-uwsgi-fork-hooks``. A pool used in the master (an import-time
+    query) has threads running there (connects refilling PGPOOL_MINCONN,
+    housekeeping); forked without the hooks, a worker can inherit the
+    interpreter's lock half-held and hang on its first request.
+    """
+    try:
+        uwsgi: Any = importlib.import_module("uwsgi")  # only importable inside uWSGI
+    except ImportError:
+        return None
+    options = getattr(uwsgi, "opt", {})
+    if any(name in options for name in ("lazy-apps", "lazy", "py-call-uwsgi-fork-hooks")):
+        return None
+    try:
+        in_master = uwsgi.worker_id() == 0
+    except Exception:
+        return None
+    if not in_master:
+        return None
+    return (
+        "uWSGI loads this app in its master and forks the workers without Python's fork hooks: "
+        "if the app uses the database before the fork (a query at import time), a worker can hang. "
+        "Add --py-call-uwsgi-fork-hooks (or --lazy-apps) to uWSGI's options"
+    )

@@ -44,6 +44,9 @@ class Recipe:
     loads_before_fork: bool
     command: Callable[[int], list[str]]  # port -> argv
     missing: Callable[[], str | None]  # why it cannot run here, or None
+    #: PGPOOL_MINCONN: above 1 the master (loads_before_fork) refills its pool
+    #: in background threads after its import-time query, up to the fork.
+    minconn: int = 1
 
 
 def _no_module(*names: str) -> Callable[[], str | None]:
@@ -95,7 +98,10 @@ RECIPES = [
     Recipe("gunicorn-gevent-preload", 2, 50, 4, signal.SIGTERM, True,
            _gunicorn("--worker-class", "gevent", "--worker-connections", "50", "--preload"),
            _no_module("gunicorn", "gevent")),
-    Recipe("uwsgi-prefork", 2, 3, 3, signal.SIGTERM, True, _uwsgi(), _no_uwsgi),
+    # The documented option: without it uWSGI forks without Python's fork hooks,
+    # and a worker forked while the master's pool threads run can hang.
+    Recipe("uwsgi-prefork", 2, 3, 3, signal.SIGTERM, True, _uwsgi("--py-call-uwsgi-fork-hooks"), _no_uwsgi,
+           minconn=3),
     Recipe("uwsgi-lazy-apps", 2, 3, 3, signal.SIGTERM, False, _uwsgi("--lazy-apps"), _no_uwsgi),
     Recipe("waitress", 1, 4, 4, signal.SIGINT, False, _waitress, _no_module("waitress")),
 ]  # fmt: skip
@@ -123,6 +129,7 @@ def serve(
             "SERVED_DSN": pg_server_dsn,  # direct: this is about processes, not PgBouncer
             "SERVED_APP_NAME": app_name,
             "SERVED_MAXCONN": str(recipe.maxconn),
+            "SERVED_MINCONN": str(recipe.minconn),
         }
         if recipe.loads_before_fork:
             env["SERVED_MASTER_BACKEND_FILE"] = str(with_master)
@@ -168,7 +175,7 @@ def test_every_request_served_by_its_own_process_sessions_that_recover_and_end(
     server_sessions: Callable[..., list[Any]],
     tmp_path: Path,
 ) -> None:
-    master_slots = 1 if recipe.loads_before_fork else 0
+    master_slots = recipe.minconn if recipe.loads_before_fork else 0
     with serve() as server, SessionPeak(pg_server_dsn, app_name) as peak:
         master_backend = int((tmp_path / "master-backend").read_text()) if recipe.loads_before_fork else None
 
@@ -189,5 +196,6 @@ def test_every_request_served_by_its_own_process_sessions_that_recover_and_end(
         assert peak.error is None
         assert peak.peak <= recipe.processes * recipe.maxconn + master_slots
 
+        assert "without Python's fork hooks" not in server.log.read_text(errors="replace")
         assert server.stop(recipe.stop_signal) == 0, server.output()
     assert eventually(server_sessions, timeout=15) == [], "sessions left after shutdown"

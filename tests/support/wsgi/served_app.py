@@ -24,6 +24,7 @@ app = Flask(__name__)
 app.config.update(
     PGPOOL_DSN=os.environ["SERVED_DSN"],
     PGPOOL_MAXCONN=int(os.environ.get("SERVED_MAXCONN", "2")),
+    PGPOOL_MINCONN=int(os.environ.get("SERVED_MINCONN", "1")),
     PGPOOL_TIMEOUT=float(os.environ.get("SERVED_TIMEOUT", "30")),
     PGPOOL_CONNECT_ARGS={"application_name": os.environ["SERVED_APP_NAME"]},
 )
