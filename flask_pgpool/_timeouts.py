@@ -46,7 +46,7 @@ _MAX_MILLISECONDS = 2**31 - 1
 KEEPALIVE_KEYS = frozenset(
     {"keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count", "tcp_user_timeout"}
 )
-_STATEMENT_TIMEOUT_OPTION = re.compile(r"statement[-_]timeout\s*=")
+_STATEMENT_TIMEOUT_OPTION = re.compile(r"statement[-_]timeout\s*=", re.IGNORECASE)  # names are case-blind
 _REFUSED = "unsupported startup parameter"
 # How SHOW prints a duration: the largest unit that divides it ("200ms", "5s", "2min", "0").
 _SHOWN_DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|min|h|d)?\s*$")

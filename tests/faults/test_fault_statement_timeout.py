@@ -117,14 +117,14 @@ def test_pgoptions_in_the_environment_is_kept(
     assert client.get("/show/statement_timeout").text == "2s"
 
 
+@pytest.mark.parametrize(
+    "given", ["-c statement_timeout=1234", "-c STATEMENT_TIMEOUT=1234", "--statement-timeout=1234"]
+)
 def test_a_statement_timeout_in_the_options_wins(
-    make_app: Callable[..., Flask], pg_server_dsn: str, app_name: str
+    make_app: Callable[..., Flask], pg_server_dsn: str, app_name: str, given: str
 ) -> None:
-    app = statement_app(
-        make_app,
-        PGPOOL_DSN=make_dsn(pg_server_dsn, options="-c statement_timeout=1234"),
-        PGPOOL_STATEMENT_TIMEOUT=0.2,
-    )
+    # PostgreSQL takes a setting's name in any case.
+    app = statement_app(make_app, PGPOOL_DSN=make_dsn(pg_server_dsn, options=given), PGPOOL_STATEMENT_TIMEOUT=0.2)
     assert app.test_client().get("/show/statement_timeout").text == "1234ms"
 
 
