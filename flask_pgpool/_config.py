@@ -17,8 +17,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+import psycopg2
+from psycopg2.extensions import parse_dsn
+
 from . import _dsn as dsnlib
 from . import _validate
+from ._service import service_params
 from ._timeouts import DEFAULT_NETWORK_TIMEOUT, KEEPALIVE_KEYS
 
 __all__ = [
@@ -602,14 +606,28 @@ def _bind_settings(bind: str, spec: Any, default: PoolSettings) -> PoolSettings:
     own_args = values.pop("connect_args", {})
     shared = default.connect_args if isinstance(default.connect_args, Mapping) else {}
     from_main = dsnlib.args_for_another_database(shared, dsn if isinstance(dsn, str) else "")
-    if "network_timeout" in values:
-        # The bind's own bound is more specific than the app's keepalive
-        # values: inherited, they would replace it whole (see _timeouts).
+    if "network_timeout" in values or _sets_keepalives(dsn, own_args):
+        # The bind's own bound (or its own keepalive values, which are the
+        # whole bound, see _timeouts) is more specific than the app's
+        # keepalive values: mixed in, they would change it.
         from_main = {k: v for k, v in from_main.items() if k not in KEEPALIVE_KEYS}
     inherited["connect_args"] = own_args if callable(own_args) else {**from_main, **own_args}
     settings = replace(default, **{**inherited, **values})
     _checked(lambda: _bind_sizes(where, settings))
     return settings
+
+
+def _sets_keepalives(dsn: Any, connect_args: Any) -> bool:
+    """Whether a bind's own DSN (with the service it names) or connect_args set any keepalive parameter."""
+    if isinstance(connect_args, Mapping) and KEEPALIVE_KEYS & set(connect_args):
+        return True
+    if not isinstance(dsn, str):
+        return False
+    try:
+        params = parse_dsn(dsn)
+    except psycopg2.ProgrammingError:
+        return False  # refused when the pool connects, with libpq's reason
+    return bool(KEEPALIVE_KEYS & (set(params) | set(service_params(params))))
 
 
 def _bind_sizes(where: str, settings: PoolSettings) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg2
@@ -360,3 +361,45 @@ def test_a_binds_own_network_timeout_beats_keepalives_inherited_from_the_app(
     for bind in ("default", "inherits"):
         found = settings(bind)
         assert (found["keepalives_idle"], found["tcp_user_timeout"]) == (60, 0), bind
+
+
+@pytest.mark.parametrize(
+    ("own", "expected"),
+    [
+        ({"connect_args": {"tcp_user_timeout": 7000}}, {"tcp_user_timeout": 7000}),
+        ({"dsn_keys": {"keepalives_count": 3}}, {"keepalives_count": 3}),
+        ({"dsn_keys": {"service": "pgpool_bind_keepalives"}}, {"keepalives_count": 5}),
+    ],
+    ids=["in-connect-args", "in-the-dsn", "in-its-service"],
+)
+def test_a_binds_own_keepalive_settings_are_not_mixed_with_the_apps(
+    make_app: Callable[..., Flask],
+    pg_dsn: str,
+    proxy: TcpProxy,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    own: dict[str, Any],
+    expected: dict[str, int],
+) -> None:
+    """A keepalive parameter the user sets is the whole bound: the app's
+    keepalive values (here keepalives_idle) must not be added to a bind's own."""
+    services = tmp_path / "pg_service.conf"
+    services.write_text("[pgpool_bind_keepalives]\nkeepalives_count=5\n")
+    monkeypatch.setenv("PGSERVICEFILE", str(services))
+    tcp = via_proxy(pg_dsn, proxy)
+    bind: dict[str, Any] = {"dsn": make_dsn(tcp, **own.get("dsn_keys", {})), "minconn": 0}
+    if "connect_args" in own:
+        bind["connect_args"] = own["connect_args"]
+    app = make_app(
+        PGPOOL_DSN=tcp, PGPOOL_MINCONN=0, PGPOOL_CONNECT_ARGS={"keepalives_idle": 60}, PGPOOL_BINDS={"own": bind}
+    )
+    pool = app.extensions["pgpool"].get_pool("own", app=app)
+    conn = pool.getconn()
+    try:
+        assert one(conn, "SELECT 1") == 1
+        found = tcp_settings(conn)
+    finally:
+        pool.putconn(conn)
+    for key, value in expected.items():
+        assert found[key] == value, found
+    assert found["keepalives_idle"] != 60, found
