@@ -39,7 +39,7 @@ _log = logging.getLogger("flask_pgpool")
 #: The setting the server reports on every session (PostgreSQL 14+): "on" once
 #: it refuses writes. Idle says nothing of how a request went (a refused write
 #: comes back idle in autocommit, after ``with conn:`` and after the view's own
-#: rollback), so the pool reads it on every return of a ``record.idle_watched``
+#: rollback), so the pool reads it on every return of a ``record.on_primary``
 #: connection: a client-side read, no round trip.
 READ_ONLY = "default_transaction_read_only"
 _READ_ONLY = READ_ONLY
@@ -73,9 +73,6 @@ class FailoverGuard:
         """A connection was opened (connect begun at ``started``): note whether its server takes writes."""
         record.verified_at = started
         record.on_primary = self.enabled and not _reports_read_only(conn)
-        # A refused write can come back idle (autocommit; ``with conn:`` or the
-        # view rolled back): every return of a read-write connection is looked at.
-        record.idle_watched = record.on_primary
         if record.on_primary and self._detected_at is not None:
             self._recovered(conn)
 

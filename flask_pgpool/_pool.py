@@ -257,7 +257,7 @@ class ConnectionPool(ThreadedConnectionPool):
             and record.conn.get_transaction_status() == _IDLE
             and record.conn.status == _READY  # else the driver thinks a transaction is open
             and session_of(record.conn) == record.session
-            and not (record.idle_watched and record.conn.get_parameter_status(_READ_ONLY) == "on")
+            and not (record.on_primary and record.conn.get_parameter_status(_READ_ONLY) == "on")
         ):
             now = _monotonic()
             with state.lock:

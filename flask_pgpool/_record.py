@@ -63,7 +63,6 @@ class ConnectionRecord:
         "conn",
         "expires",
         "generation",
-        "idle_watched",
         "in_use",
         "key",
         "last_used",
@@ -98,13 +97,11 @@ class ConnectionRecord:
         self.key: Any = None  # the key of a keyed getconn(), else None
         self.stack: traceback.StackSummary | None = None
         self.leak_reported = False
-        # Failover (see _failover): opened on a server that took writes, and
-        # when that was last known to hold (opened, or pinged since); whether a
-        # return in idle state is looked at too (every connection of a
-        # read-write pool: a refused write may come back idle).
+        # Failover (see _failover): opened on a server that took writes (its
+        # every return is then looked at), and when that was last known to
+        # hold (opened, or pinged since).
         self.on_primary = False
         self.verified_at = opened_at
-        self.idle_watched = False
 
     def checkout_verdict(
         self,
