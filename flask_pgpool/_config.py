@@ -618,15 +618,13 @@ def _bind_settings(bind: str, spec: Any, default: PoolSettings) -> PoolSettings:
 
 
 def _sets_keepalives(dsn: Any, connect_args: Any) -> bool:
-    """Whether a bind's own DSN (with the service it names) or connect_args set any keepalive parameter."""
-    if isinstance(connect_args, Mapping) and KEEPALIVE_KEYS & set(connect_args):
-        return True
-    if not isinstance(dsn, str):
-        return False
+    """Whether a bind's own DSN or connect_args, or the connection service they name, set a keepalive parameter."""
     try:
-        params = parse_dsn(dsn)
+        params: dict[str, Any] = parse_dsn(dsn) if isinstance(dsn, str) else {}
     except psycopg2.ProgrammingError:
-        return False  # refused when the pool connects, with libpq's reason
+        params = {}  # refused when the pool connects, with libpq's reason
+    if isinstance(connect_args, Mapping):
+        params.update(connect_args)
     return bool(KEEPALIVE_KEYS & (set(params) | set(service_params(params))))
 
 

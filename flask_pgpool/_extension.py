@@ -253,7 +253,10 @@ class PgPool:
         """The pool of ``app`` (default: the current app) for bind ``name``."""
         if isinstance(name, Flask):
             # drain(app) and close(app) take the app first; these take the bind first.
-            raise TypeError("the first argument is the bind's name: pass the app as app=..., e.g. get_stats(app=app)")
+            raise TypeError(
+                "the first argument is the bind's name: pass the app as app=..., "
+                "e.g. get_stats(app=app) or get_pool(app=app)"
+            )
         return self._state(app).pool(name or DEFAULT_BIND)
 
     def get_pools(self, app: Flask | None = None) -> dict[str, ConnectionPool]:

@@ -369,8 +369,9 @@ def test_a_binds_own_network_timeout_beats_keepalives_inherited_from_the_app(
         ({"connect_args": {"tcp_user_timeout": 7000}}, {"tcp_user_timeout": 7000}),
         ({"dsn_keys": {"keepalives_count": 3}}, {"keepalives_count": 3}),
         ({"dsn_keys": {"service": "pgpool_bind_keepalives"}}, {"keepalives_count": 5}),
+        ({"connect_args": {"service": "pgpool_bind_keepalives"}}, {"keepalives_count": 5}),
     ],
-    ids=["in-connect-args", "in-the-dsn", "in-its-service"],
+    ids=["in-connect-args", "in-the-dsn", "in-its-service", "in-the-service-of-its-connect-args"],
 )
 def test_a_binds_own_keepalive_settings_are_not_mixed_with_the_apps(
     make_app: Callable[..., Flask],
