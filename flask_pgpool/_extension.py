@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import psycopg2
-from flask import Flask
+from flask import Flask, Response
 from flask.ctx import AppContext
 from flask.typing import ResponseReturnValue
 from psycopg2.extensions import connection
@@ -52,6 +52,7 @@ _EMBEDDED_DIR = "pgdata"
 # Module globals, so that get_db() reads them without an attribute lookup.
 _current_app_context = compat.app_context
 _request_context = compat.request_context
+_pushed_app_context = compat.pushed_app_context
 
 
 class Lender(Protocol):
@@ -177,55 +178,58 @@ class PgPool:
         # proxies cost more than the pool's own checkout on this path.
         bind = name or DEFAULT_BIND
         request = _request_context()
-        namespace, scope = (ctx.g.__dict__, ctx) if request is None else _request_scope(ctx, request)
+        if request is None or _pushed_app_context(request) is ctx:
+            namespace, scope = ctx.g.__dict__, ctx  # see get_db()
+        else:
+            namespace, scope = _request_scope(ctx, request)
         lease: Lease | None = namespace.get(_LEASE)
         if lease is not None:
             entry = lease.conns.get(bind)
             if entry is not None and not entry[1].closed:
                 return entry[1]
-        return self._check_out(ctx, namespace, scope, request, lease, bind)
+        return self._check_out(ctx, self._state(ctx.app), namespace, scope, request, lease, bind)
 
     def _check_out(
         self,
         ctx: AppContext,
+        state: _AppState,
         namespace: dict[str, Any],
         scope: Any,
         request: Any,
         lease: Lease | None,
         bind: str,
     ) -> connection:
-        state = ctx.app.extensions.get(_STATE)
-        if not isinstance(state, _AppState) or state.owner is not self:
-            state = self._state(ctx.app)  # raises, saying what to do
         source = state.sources.get(bind)
         if source is None:
             state.pool(bind)  # raises, naming the binds there are
             raise KeyError(bind)
         take, give_back, guarded = source
-        if lease is None or lease.ctx is ENDED:
-            ended_at = namespace.get(_ENDED_AT)
-            if ended_at is not None and ended_at is compat.push_marker(scope):
-                if scope is not ctx:
-                    # A request that borrows its app context, after its own
-                    # teardown (a request_tearing_down receiver): in production
-                    # this still runs in the request's app context, so it gets
-                    # the app context's connection.
-                    return self._get_db_in_app_context(ctx, bind)
-                raise RuntimeError(
-                    "get_db() was called after flask-pgpool gave this app context's connections back "
-                    "(from an appcontext_tearing_down receiver, or later): use a teardown_appcontext "
-                    "function instead, which runs while the request's connection is still there"
-                )
-            lease = None
-        else:
-            closed = lease.conns.pop(bind, None)
-            if closed is not None:
-                # The view closed it: give the slot back and check out another.
-                try:
-                    closed[0](closed[1])
-                except Exception:
-                    # Already given back by the view itself: nothing left to free.
-                    _log.warning("flask-pgpool: the closed %r connection was not checked out any more", bind)
+        if lease is not None or _ENDED_AT in namespace:
+            # Not the first checkout of a fresh request (or app context).
+            if lease is None or lease.ctx is ENDED:
+                ended_at = namespace.get(_ENDED_AT)
+                if ended_at is not None and ended_at is compat.push_marker(scope):
+                    if scope is not ctx:
+                        # A request that borrows its app context, after its own
+                        # teardown (a request_tearing_down receiver): in production
+                        # this still runs in the request's app context, so it gets
+                        # the app context's connection.
+                        return self._get_db_in_app_context(ctx, bind)
+                    raise RuntimeError(
+                        "get_db() was called after flask-pgpool gave this app context's connections back "
+                        "(from an appcontext_tearing_down receiver, or later): use a teardown_appcontext "
+                        "function instead, which runs while the request's connection is still there"
+                    )
+                lease = None
+            else:
+                closed = lease.conns.pop(bind, None)
+                if closed is not None:
+                    # The view closed it: give the slot back and check out another.
+                    try:
+                        closed[0](closed[1])
+                    except Exception:
+                        # Already given back by the view itself: nothing left to free.
+                        _log.warning("flask-pgpool: the closed %r connection was not checked out any more", bind)
         lender = state.lender
         if lender is None:
             conn = take()
@@ -233,12 +237,12 @@ class PgPool:
             conn, give_back, guarded = lender.lend(bind), lender.putconn, False
         if lease is None:
             # Made once the connection is there: a checkout that fails leaves nothing to end.
-            lease = namespace[_LEASE] = Lease(ctx, ctx.g if scope is ctx else scope)
+            namespace[_LEASE] = Lease(ctx, ctx.g if scope is ctx else scope, bind, give_back, conn, guarded)
             if request is not None:
-                # Registered per request, so that requests that never call
-                # get_db() pay nothing for it.
-                compat.add_after_request(request, lease.hold_if_streamed)
-        lease.add(bind, give_back, conn, guarded)
+                # Registered per request, so that requests that never call get_db() pay nothing for it.
+                compat.add_after_request(request, _hold_if_streamed)
+        else:
+            lease.add(bind, give_back, conn, guarded)
         return conn
 
     def _get_db_in_app_context(self, ctx: AppContext, bind: str) -> connection:
@@ -247,7 +251,7 @@ class PgPool:
         entry = lease.conns.get(bind) if lease is not None else None
         if entry is not None and not entry[1].closed:
             return entry[1]
-        return self._check_out(ctx, namespace, ctx, _request_context(), lease, bind)
+        return self._check_out(ctx, self._state(ctx.app), namespace, ctx, _request_context(), lease, bind)
 
     def get_pool(self, name: str | None = None, app: Flask | None = None) -> ConnectionPool:
         """The pool of ``app`` (default: the current app) for bind ``name``."""
@@ -333,21 +337,33 @@ def get_db(name: str | None = None) -> connection:
     ctx = _current_app_context()
     if ctx is None:
         ctx = _app_context()  # raises, saying where get_db() works
-    ext = ctx.app.extensions.get("pgpool")
-    if not isinstance(ext, PgPool):
+    # The app's state rather than app.extensions["pgpool"]: _check_out() needs it, and init_app() sets both.
+    state = ctx.app.extensions.get(_STATE)
+    if not isinstance(state, _AppState):
         raise RuntimeError(
             "flask-pgpool is not set up on this app: create PgPool(app) or call pgpool.init_app(app) in the app factory"
         )
     # PgPool._get_db written out, so that a request's later get_db() calls are one call each.
     bind = name or DEFAULT_BIND
     request = _request_context()
-    namespace, scope = (ctx.g.__dict__, ctx) if request is None else _request_scope(ctx, request)
+    if request is None or _pushed_app_context(request) is ctx:
+        namespace, scope = ctx.g.__dict__, ctx  # _request_scope()'s answer for a request that borrows nothing
+    else:
+        namespace, scope = _request_scope(ctx, request)
     lease: Lease | None = namespace.get(_LEASE)
     if lease is not None:
         entry = lease.conns.get(bind)
         if entry is not None and not entry[1].closed:
             return entry[1]
-    return ext._check_out(ctx, namespace, scope, request, lease, bind)
+    elif state.lender is None and _ENDED_AT not in namespace and (source := state.sources.get(bind)) is not None:
+        # A request's first checkout: _check_out() for this case, written out (one call less per request).
+        take, give_back, guarded = source
+        conn = take()
+        namespace[_LEASE] = Lease(ctx, ctx.g if scope is ctx else scope, bind, give_back, conn, guarded)
+        if request is not None:
+            compat.add_after_request(request, _hold_if_streamed)
+        return conn
+    return state.owner._check_out(ctx, state, namespace, scope, request, lease, bind)
 
 
 def _app_context() -> AppContext:
@@ -463,6 +479,21 @@ def _setting_label(app: Flask, bind: str) -> Callable[[str], str]:
     if not str(app.config.get("PGPOOL_DSN") or "").strip() and os.environ.get("DATABASE_URL"):
         dsn_key = "the DATABASE_URL environment variable"
     return lambda option: dsn_key if option == "dsn" else f"PGPOOL_{option.upper()}"
+
+
+def _hold_if_streamed(response: Response) -> Response:
+    """The after-this-request hook of a request that checked out: see Lease.hold_if_streamed.
+
+    A plain function, not the lease's bound method: Flask asks of every hook
+    whether it is a coroutine function, which costs more for a method, and
+    most bodies are not generators.
+    """
+    if isinstance(response.response, types.GeneratorType):
+        ctx = compat.app_context()
+        lease = _current_lease(ctx.app) if ctx is not None else None
+        if lease is not None:
+            return lease.hold_if_streamed(response)
+    return response
 
 
 def _end_app_context(exc: BaseException | None) -> None:

@@ -25,6 +25,7 @@ __all__ = [
     "enclosing_app_contexts",
     "has_app_error_handler",
     "push_marker",
+    "pushed_app_context",
     "request_context",
     "run_last_at_app_teardown",
     "run_last_at_request_teardown",
@@ -69,6 +70,17 @@ def borrowed_by(request: Any, ctx: AppContext) -> bool:
     # The app is compared last: in production a request pushes its own context.
     tokens = request._cv_tokens
     return bool(tokens) and tokens[0][1] is None and request.app is ctx.app
+
+
+def pushed_app_context(request: Any) -> AppContext | None:
+    """The app context ``request`` (the current request context) pushed itself, or None if it borrowed one.
+
+    When it is the current app context, the request is a production request
+    (it borrows nothing): get_db() decides that with this one call, without
+    :func:`borrowed_by`.
+    """
+    tokens = request._cv_tokens
+    return tokens[0][1] if tokens else None
 
 
 def borrowing_request(ctx: AppContext) -> Any | None:

@@ -108,11 +108,21 @@ def _guarded_methods(base: type[connection]) -> dict[str, Any]:
     """
     base_cursor, base_commit, base_rollback = base.cursor, base.commit, base.rollback
 
-    def cursor(self: Any, *args: Any, **kwargs: Any) -> Any:
+    def any_cursor(self: Any, *args: Any, **kwargs: Any) -> Any:
         lease = self._pgpool_lease
         if lease is not None and lease.ctx() is not _app_context():
             _check(lease)
         return base_cursor(self, *args, **kwargs)
+
+    def psycopg2_cursor(
+        self: Any, name: Any = None, cursor_factory: Any = None, withhold: Any = False, scrollable: Any = None
+    ) -> Any:
+        # psycopg2's own cursor(), with its signature and defaults: without
+        # *args and **kwargs, which cost more than the check itself.
+        lease = self._pgpool_lease
+        if lease is not None and lease.ctx() is not _app_context():
+            _check(lease)
+        return base_cursor(self, name, cursor_factory, withhold, scrollable)
 
     def commit(self: Any) -> None:
         lease = self._pgpool_lease
@@ -126,6 +136,7 @@ def _guarded_methods(base: type[connection]) -> dict[str, Any]:
             _check(lease)
         base_rollback(self)
 
+    cursor = psycopg2_cursor if base_cursor is connection.cursor else any_cursor
     return {"cursor": cursor, "commit": commit, "rollback": rollback}
 
 

@@ -32,6 +32,8 @@ GiveBack = Callable[[connection], None]
 
 # Weak references to the objects that hold open leases (see Lease.__init__).
 _holders: set[weakref.ref[Any]] = set()
+# Module globals, read without attribute lookups: a lease is made and ended on every request.
+_hold, _unhold, _ref = _holders.add, _holders.discard, weakref.ref
 
 
 class Lease:
@@ -39,19 +41,26 @@ class Lease:
 
     __slots__ = ("_holder", "conns", "ctx", "release")
 
-    def __init__(self, ctx: Any, holder: Any) -> None:
-        self.conns: dict[str, tuple[GiveBack, connection]] = {}
+    def __init__(self, ctx: Any, holder: Any, bind: str, give_back: GiveBack, conn: connection, guarded: bool) -> None:
+        """The lease of the app context ``ctx``, kept by ``holder``, with its first connection (see :meth:`add`)."""
+        self.conns: dict[str, tuple[GiveBack, connection]] = {bind: (give_back, conn)}
         #: The app context it belongs to; ENDED once the connections are given back.
         #: Weak: the app context holds the lease, and must be freed without it.
-        self.ctx: weakref.ref[Any] = weakref.ref(ctx)
+        self.ctx: weakref.ref[Any] = _ref(ctx)
         #: Set while a streamed response holds the connections: call it to give them back.
         self.release: Any = None
         # ``holder`` (g, or a request context) keeps this lease until the
         # teardown ends it. On Flask < 3.2 a teardown function that raises
         # stops Flask from running the later ones, flask-pgpool's included:
         # then the connections go back when the holder is freed.
-        self._holder: weakref.ref[Any] | None = weakref.ref(holder, self._holder_freed)
-        _holders.add(self._holder)
+        self._holder: weakref.ref[Any] | None = (held := _ref(holder, self._holder_freed))
+        _hold(held)
+        if guarded:
+            # _mark(conn, self) written out: this runs at every request's first checkout.
+            try:
+                conn._pgpool_lease = self  # type: ignore[attr-defined]
+            except AttributeError:
+                return  # see _mark
 
     def _holder_freed(self, ref: weakref.ref[Any]) -> None:
         _holders.discard(ref)
@@ -72,13 +81,10 @@ class Lease:
         return self.release is not None and self.ctx is not ENDED
 
     def add(self, bind: str, give_back: GiveBack, conn: connection, guarded: bool) -> None:
+        """Hold ``conn`` of ``bind``, given back by ``give_back``; ``guarded``: it may carry the check of _guard."""
         self.conns[bind] = (give_back, conn)
         if guarded:
-            # A try rather than contextlib.suppress (three calls): this runs at every checkout.
-            try:
-                conn._pgpool_lease = self  # type: ignore[attr-defined]
-            except AttributeError:
-                return  # a connection_factory function's connection has no check, nor room for a lease
+            _mark(conn, self)
 
     def finish(self, exc: BaseException | None) -> bool:
         """The request's teardown: give the connections back, unless a response that will be sent holds them.
@@ -108,8 +114,9 @@ class Lease:
         finally:
             self.ctx = ENDED
             self.release = None
-            if self._holder is not None:
-                _holders.discard(self._holder)
+            held = self._holder
+            if held is not None:
+                _unhold(held)
                 self._holder = None
 
     def hold_if_streamed(self, response: Response) -> Response:
@@ -128,3 +135,12 @@ class Lease:
             self.release = wrapped.release
             response.response = wrapped
         return response
+
+
+def _mark(conn: connection, lease: Lease) -> None:
+    """Tie ``conn`` to ``lease``, for the check of _guard."""
+    # A try rather than contextlib.suppress (three calls): this runs at every checkout.
+    try:
+        conn._pgpool_lease = lease  # type: ignore[attr-defined]
+    except AttributeError:
+        return  # a connection_factory function's connection has no check, nor room for a lease

@@ -39,7 +39,7 @@ from ._connector import Connector
 from ._credentials import ArgsSource, DsnSource
 from ._failover import READ_ONLY, FailoverGuard
 from ._record import ConnectionRecord, HealthPolicy
-from ._session import Reset, close_quietly, session_of
+from ._session import Reset, close_quietly
 from ._state import ProcessState
 from ._stats import STATS_KEYS, Observer, Observers
 from ._timeouts import DEFAULT_NETWORK_TIMEOUT
@@ -133,6 +133,10 @@ class ConnectionPool(ThreadedConnectionPool):
             ping_after=None if ping_after is None else nonnegative_seconds("ping_after", ping_after),
             max_idle=positive_seconds("max_idle", max_idle),
         )
+        # The fast path of getconn(): an idle connection younger than this
+        # needs no ping (never, with health checks off: check_out() decides).
+        quick_age = self._health.ping_after if health_check else float("-inf")
+        self._quick_age = float("inf") if quick_age is None else quick_age
         self.reset = reset
         self._label = label or str
         # 0 or None: no bound.
@@ -222,6 +226,38 @@ class ConnectionPool(ThreadedConnectionPool):
                 record = state.idle.pop()
                 record.in_use = True
         started = _monotonic()
+        if record is not None:
+            # The common case written out, for it runs on every request: a
+            # connection whose checkout_verdict() is USE without a ping, and
+            # whose socket is quiet. Anything else (or an error) goes to
+            # check_out(), which decides again from the start.
+            conn = record.conn
+            last_used = record.last_used
+            try:
+                usable = (
+                    started - last_used < self._quick_age  # health checks on, and no ping due (ping_after)
+                    and started < record.expires
+                    and record.generation >= state.generation
+                    and last_used > state.suspect_before
+                    and record.verified_at >= self._failover.suspect_before
+                    and state.housekeeper_started
+                    and self.leak_timeout is None
+                    and not conn.closed
+                    and conn.get_transaction_status() == _IDLE
+                    and not record.poller.poll(0)
+                )
+            except (OSError, ValueError):
+                usable = False  # the poll failed: check_out() finds the socket dead
+            except BaseException:
+                # Interrupted (KeyboardInterrupt in the poll...): the slot is freed all the same.
+                self._discard(state, record, lost=False)
+                raise
+            if usable:
+                record.checked_out_at = started
+                record.leak_reported = False
+                if self._observers.callbacks:
+                    self._observers.notify("checkout", 0.0)
+                return conn
         limit = self.timeout if timeout is None else timeout
         if record is not None and _checkout.check_out(self, state, record, started, started + limit):
             if self._observers.callbacks:
@@ -249,15 +285,17 @@ class ConnectionPool(ThreadedConnectionPool):
         # was handed out (nothing to roll back or restore). Written out flat,
         # for it runs on every request: it is _keep(), _release() and
         # _give_back(), which the slow path uses.
-        record = state.records.get(id(conn)) if conn is not None and key is None and not close else None
+        record = state.records.get(id(conn)) if key is None and not close else None
         if (
             record is not None
             and self.reset is None
-            and not record.conn.closed
-            and record.conn.get_transaction_status() == _IDLE
-            and record.conn.status == _READY  # else the driver thinks a transaction is open
-            and session_of(record.conn) == record.session
-            and not (record.on_primary and record.conn.get_parameter_status(_READ_ONLY) == "on")
+            # record.conn is conn: a record holds its connection, so no other has its id meanwhile.
+            and not (conn := record.conn).closed
+            and conn.get_transaction_status() == _IDLE
+            and conn.status == _READY  # else the driver thinks a transaction is open
+            # session_of(conn) == record.session, written out
+            and (conn.autocommit, conn.isolation_level, conn.readonly, conn.deferrable) == record.session
+            and not (record.on_primary and conn.get_parameter_status(_READ_ONLY) == "on")
         ):
             now = _monotonic()
             with state.lock:

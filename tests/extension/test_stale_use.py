@@ -259,3 +259,43 @@ def test_with_a_cursor_factory_per_call(app_of: Callable[..., Flask]) -> None:
             return dict(cur.fetchone() or {})
 
     assert app.test_client().get("/row").json == {"one": 1}
+
+
+def test_cursor_takes_psycopg2s_arguments_by_position_and_by_name(app_of: Callable[..., Flask]) -> None:
+    """The checked ``cursor()`` of a plain psycopg2 connection has psycopg2's own signature and defaults."""
+    app = app_of()
+
+    @app.get("/cursors")
+    def cursors() -> dict[str, Any]:
+        conn = get_db()
+        seen: dict[str, Any] = {}
+        with conn.cursor(None, RealDictCursor) as cur:  # name and cursor_factory by position
+            cur.execute("SELECT 1 AS one")
+            seen["positional"] = dict(cur.fetchone() or {})
+        with conn.cursor("named_scrollable", scrollable=True) as cur:  # a server-side cursor
+            cur.execute("SELECT generate_series(1, 3)")
+            cur.fetchall()
+            cur.scroll(0, mode="absolute")
+            seen["scrolled_back_to"] = fetch_value(cur)
+            seen["named"] = (cur.name, cur.scrollable, cur.withhold)
+        conn.commit()
+        held = conn.cursor("named_held", None, True)  # withhold by position: it outlives the commit
+        held.execute("SELECT 42")
+        conn.commit()
+        seen["held"] = (held.withhold, fetch_value(held))
+        held.close()
+        with pytest.raises(TypeError):
+            conn.cursor(nonsense=True)  # type: ignore[call-arg]
+        return seen
+
+    assert app.test_client().get("/cursors").json == {
+        "positional": {"one": 1},
+        "scrolled_back_to": 1,
+        "named": ["named_scrollable", True, False],
+        "held": [True, 42],
+    }
+    # And the check still refuses a kept connection.
+    client = app.test_client()
+    assert client.get("/stash").status_code == 200
+    with pytest.raises(StaleConnectionError):
+        client.post("/stale")
