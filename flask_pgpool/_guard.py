@@ -136,7 +136,13 @@ def _guarded_methods(base: type[connection]) -> dict[str, Any]:
             _check(lease)
         base_rollback(self)
 
-    cursor = psycopg2_cursor if base_cursor is connection.cursor else any_cursor
+    if base_cursor is connection.cursor:
+        # Named as the method it stands for: Python's TypeError for a wrong argument quotes this name.
+        psycopg2_cursor.__name__ = "cursor"
+        psycopg2_cursor.__qualname__ = f"{base.__qualname__}.cursor"
+        cursor: Any = psycopg2_cursor
+    else:
+        cursor = any_cursor
     return {"cursor": cursor, "commit": commit, "rollback": rollback}
 
 

@@ -284,8 +284,8 @@ def test_cursor_takes_psycopg2s_arguments_by_position_and_by_name(app_of: Callab
         conn.commit()
         seen["held"] = (held.withhold, fetch_value(held))
         held.close()
-        with pytest.raises(TypeError):
-            conn.cursor(nonsense=True)  # type: ignore[call-arg]
+        with pytest.raises(TypeError, match=r"^connection\.cursor\(\) got an unexpected keyword argument 'nonsense'"):
+            conn.cursor(nonsense=True)  # type: ignore[call-overload]
         return seen
 
     assert app.test_client().get("/cursors").json == {
