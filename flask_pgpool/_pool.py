@@ -54,6 +54,12 @@ _READY = STATUS_READY
 _READ_ONLY = READ_ONLY  # see _failover
 _getpid = os.getpid
 
+# _LOCKING: the fast paths of getconn() and putconn() take the lock with
+# acquire() and release(), not ``with``, which costs CPython 3.11 about 1,000
+# instructions more per lock section. acquire() stays outside the try, as in
+# the standard library's logging handlers: an acquire() interrupted by an
+# exception must not release a lock another thread holds.
+
 # A checkout that finds the database down (the last connect failed and no
 # connection is open) waits this long for the next attempt, not its whole timeout.
 FAIL_FAST = 1.0
@@ -216,13 +222,8 @@ class ConnectionPool(ThreadedConnectionPool):
         # _fork.stale() written out: this runs on every checkout.
         if state.pid != _getpid() or state.lock_factory is not threading.Lock:
             state = _fork.current_state(self)
-        # acquire() and release() rather than ``with``, which costs CPython 3.11
-        # about 1,000 instructions more per lock section; the acquire() stays
-        # outside the try, as in the standard library's logging handlers, so
-        # that an acquire() interrupted by an exception never releases a lock
-        # held by another thread.
         lock = state.lock
-        lock.acquire()
+        lock.acquire()  # not ``with``: see _LOCKING
         try:
             if self.closed:
                 raise _messages.closed_error(self)
@@ -236,19 +237,15 @@ class ConnectionPool(ThreadedConnectionPool):
             lock.release()
         started = _monotonic()
         if record is not None:
-            # The common case written out, for it runs on every request: a
-            # connection whose checkout_verdict() is USE without a ping, and
-            # whose socket is quiet. Anything else (or an error) goes to
-            # check_out(), which decides again from the start.
+            # The common case of check_out(), written out: a fresh record (no
+            # ping due, nothing suspect) on a quiet socket. Anything else, or
+            # an error of the poll, goes to check_out(), which decides anew.
             conn = record.conn
-            last_used = record.last_used
             try:
                 usable = (
-                    started - last_used < self._quick_age  # health checks on, and no ping due (ping_after)
-                    and started < record.expires
-                    and record.generation >= state.generation
-                    and last_used > state.suspect_before
-                    and record.verified_at >= self._failover.suspect_before
+                    record.fresh(
+                        started, state.generation, state.suspect_before, self._failover.suspect_before, self._quick_age
+                    )
                     and state.housekeeper_started
                     and self.leak_timeout is None
                     and not conn.closed
@@ -256,10 +253,9 @@ class ConnectionPool(ThreadedConnectionPool):
                     and not record.poller.poll(0)
                 )
             except (OSError, ValueError):
-                usable = False  # the poll failed: check_out() finds the socket dead
+                usable = False
             except BaseException:
-                # Interrupted (KeyboardInterrupt in the poll...): the slot is freed all the same.
-                self._discard(state, record, lost=False)
+                self._discard(state, record, lost=False)  # interrupted in the poll: the slot is freed all the same
                 raise
             if usable:
                 record.checked_out_at = started
@@ -308,7 +304,7 @@ class ConnectionPool(ThreadedConnectionPool):
         ):
             now = _monotonic()
             lock = state.lock
-            lock.acquire()  # not ``with``: see getconn()
+            lock.acquire()  # not ``with``: see _LOCKING
             try:
                 kept = (
                     record.in_use  # else returned twice: the slow path says so

@@ -1,7 +1,8 @@
 """One pooled connection's record, and the pure policy that decides its fate.
 
 The pool asks a record three questions: may it be handed out now
-(:meth:`ConnectionRecord.checkout_verdict`), may it stay after a return
+(:meth:`ConnectionRecord.checkout_verdict`, or its fast subset
+:meth:`ConnectionRecord.fresh`), may it stay after a return
 (:meth:`ConnectionRecord.keep_after_return`), and should the housekeeper close
 it (:meth:`ConnectionRecord.tidy_verdict`). The answers depend only on times,
 flags and what the socket showed: no server and no lock, so the policy is
@@ -135,6 +136,27 @@ class ConnectionRecord:
         if policy.ping_after is not None and now - self.last_used >= policy.ping_after:
             return Verdict.PING
         return Verdict.USE
+
+    def fresh(
+        self, now: float, generation: int, suspect_before: float, verify_before: float, quick_age: float
+    ) -> bool:
+        """The checkout's fast path: may this idle connection be handed out on a quiet socket alone?
+
+        True only where :meth:`checkout_verdict` says USE for a QUIET socket
+        with the health check on (tests/pool/test_record_policy.py proves
+        it): not expired, not retired, nothing suspect or failed over since
+        it was last used, and younger than ``quick_age`` (``ping_after``,
+        infinity for None; minus infinity with the health check off, when
+        only checkout_verdict() decides). Anything else goes to the full verdict.
+        """
+        last_used = self.last_used
+        return (
+            now - last_used < quick_age
+            and now < self.expires
+            and self.generation >= generation
+            and last_used > suspect_before
+            and self.verified_at >= verify_before
+        )
 
     def keep_after_return(self, now: float, generation: int) -> bool:
         """May a connection returned in good order go back to the idle list?"""

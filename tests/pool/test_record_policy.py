@@ -77,6 +77,46 @@ def test_checkout_verdict(
         assert verdict is (Verdict.PING if needs_ping else Verdict.USE)
 
 
+@given(
+    opened=times,
+    lifetime=durations,
+    idle=times,
+    later=times,
+    policy=policies,
+    suspect_before=st.one_of(st.just(float("-inf")), times),
+    verify_before=st.one_of(st.just(float("-inf")), times),
+    verified=times,
+    generations=st.tuples(st.integers(0, 3), st.integers(0, 3)),
+)
+def test_the_checkout_fast_path_never_skips_what_the_verdict_would_do(
+    opened: float,
+    lifetime: float,
+    idle: float,
+    later: float,
+    policy: HealthPolicy,
+    suspect_before: float,
+    verify_before: float,
+    verified: float,
+    generations: tuple[int, int],
+) -> None:
+    """getconn() hands a fresh record out on a quiet socket without the verdict: only where the verdict says USE."""
+    mine, pools = generations
+    rec = record(opened, lifetime, opened + idle, generation=mine)
+    rec.verified_at = verified
+    now = rec.last_used + later
+    # What ConnectionPool derives from its options for the fast path.
+    ping_after = float("inf") if policy.ping_after is None else policy.ping_after
+    quick_age = ping_after if policy.health_check else float("-inf")
+    fresh = rec.fresh(now, pools, suspect_before, verify_before, quick_age)
+    verdict = rec.checkout_verdict(now, SocketState.QUIET, policy, suspect_before, pools, verify_before)
+    if fresh:
+        assert verdict is Verdict.USE
+    if not policy.health_check:
+        assert not fresh  # with the check off the full verdict always decides
+    elif verdict is Verdict.USE and rec.last_used > suspect_before:
+        assert fresh  # the fast path is taken whenever nothing is suspect
+
+
 @given(lifetime=durations, at=times)
 def test_lifetime_has_jitter_within_ten_percent(lifetime: float, at: float) -> None:
     rec = record(at, lifetime, at)
