@@ -355,14 +355,6 @@ def get_db(name: str | None = None) -> connection:
         entry = lease.conns.get(bind)
         if entry is not None and not entry[1].closed:
             return entry[1]
-    elif state.lender is None and _ENDED_AT not in namespace and (source := state.sources.get(bind)) is not None:
-        # A request's first checkout: _check_out() for this case, written out (one call less per request).
-        take, give_back, guarded = source
-        conn = take()
-        namespace[_LEASE] = Lease(ctx, ctx.g if scope is ctx else scope, bind, give_back, conn, guarded)
-        if request is not None:
-            compat.add_after_request(request, _hold_if_streamed)
-        return conn
     return state.owner._check_out(ctx, state, namespace, scope, request, lease, bind)
 
 

@@ -56,11 +56,7 @@ class Lease:
         self._holder: weakref.ref[Any] | None = (held := _ref(holder, self._holder_freed))
         _hold(held)
         if guarded:
-            # _mark(conn, self) written out: this runs at every request's first checkout.
-            try:
-                conn._pgpool_lease = self  # type: ignore[attr-defined]
-            except AttributeError:
-                return  # see _mark
+            _mark(conn, self)
 
     def _holder_freed(self, ref: weakref.ref[Any]) -> None:
         _holders.discard(ref)
