@@ -68,7 +68,7 @@ def _cases(dsn: str) -> tuple[dict[str, Callable[[], Any]], Callable[[], None]]:
     checked_pool = checked.extensions["pgpool"].get_pool(app=checked)
     unchecked_pool = unchecked.extensions["pgpool"].get_pool(app=unchecked)
     leased_conn, unchecked_conn = checked_pool.getconn(), unchecked_pool.getconn()
-    lease = Lease(checked_ctx, checked_ctx.g, "default", lambda conn: None, leased_conn, guarded=True)
+    lease = Lease(checked_ctx, checked_ctx, "default", lambda conn: None, leased_conn, guarded=True)
 
     def calls(ctx: Any, method: Callable[[], Any]) -> Callable[[], None]:
         def op() -> None:

@@ -49,10 +49,12 @@ _ENDED_AT = "_flask_pgpool_ended_at"
 # callback may refer to its app.
 _STATE = "pgpool.state"
 _EMBEDDED_DIR = "pgdata"
-# Module globals, so that get_db() reads them without an attribute lookup.
-_current_app_context = compat.app_context
-_request_context = compat.request_context
+# Module globals, so that get_db() reads them without an attribute lookup;
+# called with None (see _flask_compat.app_context_or).
+_current_app_context = compat.app_context_or
+_request_context = compat.request_context_or
 _pushed_app_context = compat.pushed_app_context
+_after_request_functions = compat.after_request_functions
 
 
 class Lender(Protocol):
@@ -177,7 +179,7 @@ class PgPool:
         # The context is read once and g's namespace used directly: Flask's
         # proxies cost more than the pool's own checkout on this path.
         bind = name or DEFAULT_BIND
-        request = _request_context()
+        request = _request_context(None)
         if request is None or _pushed_app_context(request) is ctx:
             namespace, scope = ctx.g.__dict__, ctx  # see get_db()
         else:
@@ -237,10 +239,10 @@ class PgPool:
             conn, give_back, guarded = lender.lend(bind), lender.putconn, False
         if lease is None:
             # Made once the connection is there: a checkout that fails leaves nothing to end.
-            namespace[_LEASE] = Lease(ctx, ctx.g if scope is ctx else scope, bind, give_back, conn, guarded)
+            namespace[_LEASE] = Lease(ctx, scope, bind, give_back, conn, guarded)
             if request is not None:
                 # Registered per request, so that requests that never call get_db() pay nothing for it.
-                compat.add_after_request(request, _hold_if_streamed)
+                _after_request_functions(request).append(_hold_if_streamed)
         else:
             lease.add(bind, give_back, conn, guarded)
         return conn
@@ -251,7 +253,7 @@ class PgPool:
         entry = lease.conns.get(bind) if lease is not None else None
         if entry is not None and not entry[1].closed:
             return entry[1]
-        return self._check_out(ctx, self._state(ctx.app), namespace, ctx, _request_context(), lease, bind)
+        return self._check_out(ctx, self._state(ctx.app), namespace, ctx, _request_context(None), lease, bind)
 
     def get_pool(self, name: str | None = None, app: Flask | None = None) -> ConnectionPool:
         """The pool of ``app`` (default: the current app) for bind ``name``."""
@@ -334,18 +336,19 @@ def get_db(name: str | None = None) -> connection:
     Works in any blueprint without importing the ``PgPool`` instance.
     """
     # The same as _app_context(), written out: one call less on every get_db().
-    ctx = _current_app_context()
+    ctx = _current_app_context(None)
     if ctx is None:
         ctx = _app_context()  # raises, saying where get_db() works
     # The app's state rather than app.extensions["pgpool"]: _check_out() needs it, and init_app() sets both.
-    state = ctx.app.extensions.get(_STATE)
-    if not isinstance(state, _AppState):
+    try:
+        state: _AppState = ctx.app.extensions[_STATE]
+    except KeyError:
         raise RuntimeError(
             "flask-pgpool is not set up on this app: create PgPool(app) or call pgpool.init_app(app) in the app factory"
-        )
+        ) from None
     # PgPool._get_db written out, so that a request's later get_db() calls are one call each.
     bind = name or DEFAULT_BIND
-    request = _request_context()
+    request = _request_context(None)
     if request is None or _pushed_app_context(request) is ctx:
         namespace, scope = ctx.g.__dict__, ctx  # _request_scope()'s answer for a request that borrows nothing
     else:
@@ -373,7 +376,7 @@ def _current_lease(app: Flask) -> Lease | None:
     ctx = compat.app_context()
     if ctx is None or ctx.app is not app:
         return None
-    request = _request_context()
+    request = _request_context(None)
     namespace = ctx.g.__dict__ if request is None else _request_scope(ctx, request)[0]
     lease: Lease | None = namespace.get(_LEASE)
     return lease
@@ -495,7 +498,7 @@ def _end_app_context(exc: BaseException | None) -> None:
     commit or rollback: uncommitted work is always rolled back. It only tells
     whether a streamed response that holds the connections will be sent.
     """
-    ctx = _current_app_context()
+    ctx = _current_app_context(None)
     if ctx is None:
         return
     # _end(ctx.g.__dict__, ctx, exc) written out: this runs at the end of every request.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import operator
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -17,8 +18,9 @@ from flask import globals as flask_globals
 from flask.ctx import AppContext
 
 __all__ = [
-    "add_after_request",
+    "after_request_functions",
     "app_context",
+    "app_context_or",
     "app_error_handlers",
     "borrowed_by",
     "borrowing_request",
@@ -27,6 +29,7 @@ __all__ = [
     "push_marker",
     "pushed_app_context",
     "request_context",
+    "request_context_or",
     "run_last_at_app_teardown",
     "run_last_at_request_teardown",
 ]
@@ -46,7 +49,14 @@ TeardownFunction = Callable[[BaseException | None], None]
 app_context: Callable[[], AppContext | None] = functools.partial(_cv_app.get, None)
 
 
-def _no_request_context() -> None:
+#: ``app_context_or(None)``: app_context() without the functools.partial
+#: layer, for the paths every request runs (get_db(), the teardown, the
+#: checked methods of _guard): the bound ``get`` of Flask's context variable,
+#: given its default by the caller. About 200 instructions less per call.
+app_context_or: Callable[[None], AppContext | None] = _cv_app.get
+
+
+def _no_request_context(default: None = None) -> None:
     return None
 
 
@@ -55,6 +65,8 @@ def _no_request_context() -> None:
 request_context: Callable[[], Any | None] = (
     _no_request_context if _cv_request is None else functools.partial(_cv_request.get, None)
 )
+#: ``request_context_or(None)``: request_context() for the hot paths, as app_context_or.
+request_context_or: Callable[[None], Any | None] = _no_request_context if _cv_request is None else _cv_request.get
 
 
 def borrowed_by(request: Any, ctx: AppContext) -> bool:
@@ -91,13 +103,11 @@ def borrowing_request(ctx: AppContext) -> Any | None:
     return None
 
 
-def add_after_request(request: Any, func: Callable[[Any], Any]) -> None:
-    """``flask.after_this_request(func)`` for ``request``, the current request context.
-
-    The same list Flask's function appends to, without looking the request
-    context up again (get_db() has it at hand).
-    """
-    request._after_request_functions.append(func)
+#: ``after_request_functions(request).append(func)`` is ``flask.after_this_request(func)``
+#: for ``request``, the current request context: the same list Flask's function
+#: appends to, without looking the request context up again (get_db() has it
+#: at hand). C-level, as app_context_or: get_db() calls it on every request.
+after_request_functions: Callable[[Any], list[Callable[[Any], Any]]] = operator.attrgetter("_after_request_functions")
 
 
 def push_marker(ctx: Any) -> object | None:

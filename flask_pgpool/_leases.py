@@ -30,10 +30,23 @@ _log = logging.getLogger("flask_pgpool")
 GiveBack = Callable[[connection], None]
 
 
-# Weak references to the objects that hold open leases (see Lease.__init__).
-_holders: set[weakref.ref[Any]] = set()
+# Open leases, by the weak reference to the object that holds each (see
+# Lease.__init__): the reference must live as long as its lease for its
+# callback to run, and the callback finds the lease here.
+_holders: dict[weakref.ref[Any], Lease] = {}
 # Module globals, read without attribute lookups: a lease is made and ended on every request.
-_hold, _unhold, _ref = _holders.add, _holders.discard, weakref.ref
+_unhold, _ref = _holders.pop, weakref.ref
+
+
+def _holder_freed(ref: weakref.ref[Any]) -> None:
+    """The holder of an open lease was freed: its teardown did not run (see Lease.__init__)."""
+    lease = _holders.pop(ref, None)
+    if lease is not None and lease.conns and lease.release is None and lease.ctx is not ENDED:
+        _log.warning(
+            "flask-pgpool: a request's connections were given back only when its app context was freed; "
+            "did a teardown function raise? (before Flask 3.2 that stops the other teardown functions)"
+        )
+        lease.end()
 
 
 class Lease:
@@ -42,30 +55,31 @@ class Lease:
     __slots__ = ("_holder", "conns", "ctx", "release")
 
     def __init__(self, ctx: Any, holder: Any, bind: str, give_back: GiveBack, conn: connection, guarded: bool) -> None:
-        """The lease of the app context ``ctx``, kept by ``holder``, with its first connection (see :meth:`add`)."""
+        """The lease of the app context ``ctx``, kept by ``holder``, with its first connection (see :meth:`add`).
+
+        ``holder`` is ``ctx`` when the lease lives in its ``g``, or the request
+        context of a request that borrows ``ctx``.
+        """
         self.conns: dict[str, tuple[GiveBack, connection]] = {bind: (give_back, conn)}
+        # ``holder`` keeps this lease until the teardown ends it. On Flask <
+        # 3.2 a teardown function that raises stops Flask from running the
+        # later ones, flask-pgpool's included: then the connections go back
+        # when the holder is freed. The callback is a module-level function
+        # (a bound method would be one more object per request), and when the
+        # holder is the app context, its weak reference below serves for both.
         #: The app context it belongs to; ENDED once the connections are given back.
         #: Weak: the app context holds the lease, and must be freed without it.
-        self.ctx: weakref.ref[Any] = _ref(ctx)
+        self.ctx: weakref.ref[Any] = (ref := _ref(ctx, _holder_freed))
         #: Set while a streamed response holds the connections: call it to give them back.
         self.release: Any = None
-        # ``holder`` (g, or a request context) keeps this lease until the
-        # teardown ends it. On Flask < 3.2 a teardown function that raises
-        # stops Flask from running the later ones, flask-pgpool's included:
-        # then the connections go back when the holder is freed.
-        self._holder: weakref.ref[Any] | None = (held := _ref(holder, self._holder_freed))
-        _hold(held)
+        self._holder: weakref.ref[Any] | None = (held := ref if holder is ctx else _ref(holder, _holder_freed))
+        _holders[held] = self
         if guarded:
-            _mark(conn, self)
-
-    def _holder_freed(self, ref: weakref.ref[Any]) -> None:
-        _holders.discard(ref)
-        if self.conns and self.release is None and self.ctx is not ENDED:
-            _log.warning(
-                "flask-pgpool: a request's connections were given back only when its app context was freed; "
-                "did a teardown function raise? (before Flask 3.2 that stops the other teardown functions)"
-            )
-            self.end()
+            # _mark(conn, self), written out: the first checkout of every request runs it.
+            try:
+                conn._pgpool_lease = self  # type: ignore[attr-defined]
+            except AttributeError:
+                return  # see _mark
 
     @property
     def open(self) -> bool:
@@ -112,7 +126,7 @@ class Lease:
             self.release = None
             held = self._holder
             if held is not None:
-                _unhold(held)
+                _unhold(held, None)
                 self._holder = None
 
     def hold_if_streamed(self, response: Response) -> Response:

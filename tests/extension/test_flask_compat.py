@@ -7,7 +7,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from flask import Blueprint, Flask
+from flask import Blueprint, Flask, Response
 
 import flask_pgpool
 from flask_pgpool import _flask_compat as compat
@@ -50,8 +50,40 @@ def test_private_flask_api_only_in_the_compat_module() -> None:
 def test_app_context() -> None:
     app = Flask(__name__)
     assert compat.app_context() is None
+    assert compat.app_context_or(None) is None
     with app.app_context() as ctx:
         assert compat.app_context() is ctx
+        assert compat.app_context_or(None) is ctx
+
+
+def test_request_context() -> None:
+    app = Flask(__name__)
+    assert compat.request_context() is None
+    assert compat.request_context_or(None) is None
+    with app.test_request_context() as request:
+        assert compat.request_context() is request
+        assert compat.request_context_or(None) is request
+
+
+def test_after_request_functions_run_after_this_request() -> None:
+    app = Flask(__name__)
+
+    def mark(response: Response) -> Response:
+        response.headers["X-Hook"] = "ran"
+        return response
+
+    @app.route("/")
+    def view() -> str:
+        compat.after_request_functions(compat.request_context()).append(mark)
+        return "ok"
+
+    @app.route("/other")
+    def other() -> str:
+        return "ok"
+
+    client = app.test_client()
+    assert client.get("/").headers.get("X-Hook") == "ran"
+    assert "X-Hook" not in client.get("/other").headers  # for that request only
 
 
 def test_borrowing_request() -> None:
