@@ -38,12 +38,12 @@ from . import _dsn as dsnlib
 from ._connector import Connector
 from ._credentials import ArgsSource, DsnSource
 from ._failover import READ_ONLY, FailoverGuard
-from ._record import ConnectionRecord, HealthPolicy
+from ._options import check_options
+from ._record import ConnectionRecord
 from ._session import Reset, close_quietly
 from ._state import ProcessState
 from ._stats import STATS_KEYS, Observer, Observers
 from ._timeouts import DEFAULT_NETWORK_TIMEOUT
-from ._validate import check_sizes, nonnegative_seconds, positive_seconds, whole_number
 
 __all__ = ["STATS_KEYS", "ConnectionPool"]
 
@@ -122,43 +122,21 @@ class ConnectionPool(ThreadedConnectionPool):
         ``label(option)`` names an option in messages (the Flask extension
         gives its ``PGPOOL_`` keys).
         """
-        check_sizes("minconn", minconn, "maxconn", maxconn)
+        options = check_options(
+            minconn, maxconn, timeout=timeout, max_waiting=max_waiting, connect_timeout=connect_timeout,
+            max_lifetime=max_lifetime, leak_timeout=leak_timeout, health_check=health_check, ping_after=ping_after,
+            max_idle=max_idle, network_timeout=network_timeout, statement_timeout=statement_timeout,
+        )
         # psycopg2's __init__ would open minconn connections at once; this pool
         # opens none before it is used, and keeps its state in _state.
-        self.minconn = minconn
-        self.maxconn = maxconn
-        self.closed = False
-        self.name = name
-        self.timeout = positive_seconds("timeout", timeout)
-        self.max_waiting = whole_number("max_waiting", max_waiting, 0)
-        whole_number("connect_timeout", connect_timeout, 0)
-        self.max_lifetime = positive_seconds("max_lifetime", max_lifetime)
-        self.leak_timeout = None if leak_timeout is None else positive_seconds("leak_timeout", leak_timeout)
-        self._health = HealthPolicy(
-            health_check=health_check,
-            ping_after=None if ping_after is None else nonnegative_seconds("ping_after", ping_after),
-            max_idle=positive_seconds("max_idle", max_idle),
-        )
-        # The fast path of getconn(): an idle connection younger than this
-        # needs no ping (never, with health checks off: check_out() decides).
-        quick_age = self._health.ping_after if health_check else float("-inf")
-        self._quick_age = float("inf") if quick_age is None else quick_age
-        self.reset = reset
-        self._label = label or str
-        # 0 or None: no bound.
-        network_timeout = positive_seconds("network_timeout", network_timeout) if network_timeout else None
-        statement_timeout = positive_seconds("statement_timeout", statement_timeout) if statement_timeout else None
-        # The bound of a ping, a rollback or a close: no later than the network bound would end it.
-        self._ping_limit = float(min(b for b in (self.timeout, connect_timeout, network_timeout) if b))
+        self.minconn, self.maxconn, self.closed, self.name = minconn, maxconn, False, name
+        # Plain attributes, copied out of options: getconn() and putconn() read some on every request.
+        self.timeout, self.max_waiting, self.max_lifetime = options.timeout, options.max_waiting, options.max_lifetime
+        self.leak_timeout, self.reset, self._label = options.leak_timeout, reset, label or str
+        self._health, self._quick_age, self._ping_limit = options.health, options.quick_age, options.ping_limit
         self._connector = Connector(
-            dsn,
-            connect_args=connect_args,
-            connect_timeout=connect_timeout,
-            read_only=read_only,
-            configure=configure,
-            network_timeout=network_timeout,
-            statement_timeout=statement_timeout,
-            label=self._label,
+            dsn, connect_args=connect_args, connect_timeout=connect_timeout, read_only=read_only, configure=configure,
+            network_timeout=options.network_timeout, statement_timeout=options.statement_timeout, label=self._label,
         )
         # Failover: connections whose server stopped taking writes are not handed out.
         self._failover = FailoverGuard(name, enabled=not read_only, timeout=self._ping_limit)
