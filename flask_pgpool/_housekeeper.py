@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from ._opener import grow, spawn
 from ._record import ConnectionRecord, Verdict
+from ._session import close_quietly
 
 if TYPE_CHECKING:
     from ._pool import ConnectionPool
@@ -108,7 +109,7 @@ def tidy(pool: ConnectionPool) -> None:
         count = grow(pool, state, now)
     spawn(pool, state, count)
     for record in closing:
-        pool._close(record.conn)
+        close_quietly(record.conn, pool._ping_limit)
     if closing:
         _log.debug("pool %r: closed %d idle or expired connection(s)", pool.name, len(closing))
     for record in leaks:

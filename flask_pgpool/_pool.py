@@ -39,11 +39,11 @@ from ._connector import Connector
 from ._credentials import ArgsSource, DsnSource
 from ._failover import READ_ONLY, FailoverGuard
 from ._options import check_options
-from ._record import ConnectionRecord
-from ._session import Reset, close_quietly
+from ._session import Reset
 from ._state import ProcessState
 from ._stats import STATS_KEYS, Observer, Observers
 from ._timeouts import DEFAULT_NETWORK_TIMEOUT
+from ._waiting import give_back
 
 __all__ = ["STATS_KEYS", "ConnectionPool"]
 
@@ -233,7 +233,8 @@ class ConnectionPool(ThreadedConnectionPool):
             except (OSError, ValueError):
                 usable = False
             except BaseException:
-                self._discard(state, record, lost=False)  # interrupted in the poll: the slot is freed all the same
+                # Interrupted in the poll: the slot is freed all the same.
+                _checkout.discard(self, state, record, lost=False)
                 raise
             if usable:
                 record.checked_out_at = started
@@ -266,8 +267,8 @@ class ConnectionPool(ThreadedConnectionPool):
         state = self._state
         # The common case, in one lock section: a connection returned as it
         # was handed out (nothing to roll back or restore). Written out flat,
-        # for it runs on every request: it is _keep(), _release() and
-        # _give_back(), which the slow path uses.
+        # for it runs on every request: it is _returning's release() and
+        # may_keep(), and _waiting's give_back(), which the slow path uses.
         record = state.records.get(id(conn)) if key is None and not close else None
         if (
             record is not None
@@ -296,7 +297,7 @@ class ConnectionPool(ThreadedConnectionPool):
                     record.in_use = False
                     record.last_used = now
                     if state.waiters:
-                        self._give_back(state, record)
+                        give_back(state, record)
                     else:
                         state.idle.append(record)
             finally:
@@ -306,58 +307,6 @@ class ConnectionPool(ThreadedConnectionPool):
                     self._observers.notify("return", now - record.checked_out_at)
                 return
         _returning.putconn_slow(self, state, conn, key, close)
-
-    def _keep(self, state: ProcessState, record: ConnectionRecord, now: float) -> bool:
-        """Under the lock: may a returned connection in good order stay in the pool?"""
-        return (
-            not self.closed
-            and len(state.records) + state.opening <= self.maxconn
-            and record.keep_after_return(now, state.generation)
-        )
-
-    def _release(self, state: ProcessState, record: ConnectionRecord) -> None:
-        """Under the lock: the connection is no longer checked out (nor under its key)."""
-        record.in_use = False
-        if record.key is not None:
-            del state.keys[record.key]
-            record.key = None
-
-    def _give_back(self, state: ProcessState, record: ConnectionRecord) -> None:
-        """Under the lock: hand a healthy connection to the first waiter, or make it idle."""
-        if not state.waiters:
-            state.idle.append(record)
-            return
-        record.in_use = True  # before the hand-over: the waiter takes it without the lock
-        waiter = state.waiters.hand_over(record)
-        if waiter is not None and waiter.queued:
-            _checkout.count_wait(state, waiter, _monotonic())
-        if state.backoff.active:
-            # The new first in line owns the backoff timer now.
-            state.waiters.wake_first()
-
-    def _forget(self, state: ProcessState, record: ConnectionRecord) -> None:
-        """Under the lock: the connection leaves the pool; its slot is free."""
-        if state.records.get(id(record.conn)) is record:
-            del state.records[id(record.conn)]
-        state.waiters.wake_first()
-        if state.size < self.minconn:
-            self._housekeeper.wake()
-
-    def _discard(self, state: ProcessState, record: ConnectionRecord, *, lost: bool) -> None:
-        """Outside the lock: close a connection that failed its checkout."""
-        with state.lock:
-            self._forget(state, record)
-            if lost:
-                state.counters.connections_lost += 1
-                # Connections idle since before this one died are likely dead too.
-                state.suspect_before = max(state.suspect_before, record.last_used)
-        if lost:
-            _log.info("pool %r: discarded a connection the server had closed", self.name)
-        self._close(record.conn)
-
-    def _close(self, conn: connection) -> None:
-        """Outside the lock: close a connection that leaves the pool (bounded in time)."""
-        close_quietly(conn, self._ping_limit)
 
     # -- managing the pool ---------------------------------------------------
 
