@@ -80,7 +80,7 @@ def _run(ref: weakref.ReferenceType[ConnectionPool], stop: threading.Event, wake
         wake.clear()
     if threading.Lock is not lock_factory:
         # Replaced because gevent patched the process since this thread started
-        # (see ConnectionPool._after_patch). A thread started before the patch
+        # (see _state.after_patch). A thread started before the patch
         # cannot end cleanly once threading is gevent's (threading forgets it
         # under gevent's thread ids): it sleeps for good instead, on its own event.
         while True:

@@ -40,8 +40,8 @@ from ._credentials import ArgsSource, DsnSource
 from ._failover import READ_ONLY, FailoverGuard
 from ._options import check_options
 from ._session import Reset
-from ._state import ProcessState
-from ._stats import STATS_KEYS, Observer, Observers
+from ._state import ProcessState, after_fork, after_patch
+from ._stats import STATS_KEYS, Observer, Observers, snapshot
 from ._timeouts import DEFAULT_NETWORK_TIMEOUT
 from ._waiting import give_back
 
@@ -359,15 +359,8 @@ class ConnectionPool(ThreadedConnectionPool):
         return stats
 
     def _snapshot(self, state: ProcessState) -> dict[str, int]:
-        stats = {
-            "pool_min": self.minconn,
-            "pool_max": self.maxconn,
-            "pool_size": state.size,
-            "pool_available": len(state.idle),
-            "requests_waiting": len(state.waiters),
-        }
-        stats.update(state.counters.as_dict())
-        return stats
+        """Under the lock: what :meth:`get_stats` returns (see :func:`flask_pgpool._stats.snapshot`)."""
+        return snapshot(self, state)
 
     def add_observer(self, callback: Observer) -> None:
         """Call ``callback(event, seconds)`` on pool events, outside the pool's lock.
@@ -416,30 +409,9 @@ class ConnectionPool(ThreadedConnectionPool):
     # -- processes -------------------------------------------------------------------
 
     def _after_fork(self) -> None:
-        """In a child process: start empty. The parent's connections are
-        released without a word on their sockets (see :mod:`flask_pgpool._fork`)."""
-        inherited = list(self._state.records.values())
-        self._state = ProcessState()
-        self._connector.after_fork()
-        self._failover.after_fork()
-        self._housekeeper = _housekeeper.Housekeeper(self)
-        _fork.release_sockets(record.conn for record in inherited)
+        """In a child process: start empty (see :func:`flask_pgpool._state.after_fork`)."""
+        after_fork(self)
 
     def _after_patch(self) -> None:
-        """gevent patched this process after the state was made: a state of
-        gevent's locks (and psycopg2's wait callback, see :mod:`flask_pgpool._green`),
-        holding the same connections."""
-        old = self._state
-        with old.lock:
-            new = ProcessState()  # installs the wait callback, or refuses a half-patched process
-            new.records, new.idle, new.keys = old.records, old.idle, old.keys
-            new.counters, new.backoff = old.counters, old.backoff
-            new.generation, new.suspect_before, new.round_trip = old.generation, old.suspect_before, old.round_trip
-            old.records, old.idle, old.keys = {}, [], {}
-            # The old housekeeper is a real thread: it ends, a greenlet replaces it on the next checkout.
-            self._housekeeper.stop()
-            self._housekeeper = _housekeeper.Housekeeper(self)
-            # Connections being opened for the old state close when they are
-            # done (they find the state replaced) and free its slots.
-            self._state = new
-        _log.info("pool %r: gevent patched this process after the pool was made; now waiting through gevent", self.name)
+        """gevent patched this process after the state was made (see :func:`flask_pgpool._state.after_patch`)."""
+        after_patch(self)
