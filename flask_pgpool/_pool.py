@@ -14,11 +14,13 @@ It knows nothing of Flask. What it changes from psycopg2's pool:
 * a child process after ``fork()`` never uses its parent's connections: it
   starts with an empty pool of its own.
 
-This module is the facade; the parts live beside it: the per-connection
-record and its policy (``_record``), the wait queue (``_waiting``), opening
-connections and the backoff (``_connector``), the return to the pool
-(``_session``), the background thread (``_housekeeper``), per-process state
-and fork (``_state``, ``_fork``), counters and observers (``_stats``).
+This module is the facade; the parts live beside it: its options
+(``_options``), the per-connection record and its policy (``_record``), the
+checkout and the wait queue (``_checkout``, ``_waiting``), opening
+connections and the backoff (``_opener``, ``_connector``), the return to the
+pool (``_returning``, ``_session``), the background thread
+(``_housekeeper``), per-process state and fork (``_state``, ``_fork``),
+counters and observers (``_stats``).
 """
 
 from __future__ import annotations
