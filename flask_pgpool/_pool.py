@@ -25,7 +25,6 @@ counters and observers (``_stats``).
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
@@ -49,7 +48,6 @@ from ._waiting import give_back
 
 __all__ = ["STATS_KEYS", "ConnectionPool"]
 
-_log = logging.getLogger("flask_pgpool")
 _monotonic = time.monotonic
 _IDLE = TRANSACTION_STATUS_IDLE
 _READY = STATUS_READY
