@@ -22,13 +22,14 @@ from ._errors import PoolTimeout, TooManyRequests
 from ._health import peek_state, ping, quick_state
 from ._opener import grow, spawn
 from ._record import ConnectionRecord, Verdict, ping_budget
-from ._waiting import Waiter
+from ._session import close_quietly
+from ._waiting import Waiter, count_wait, forget, give_back
 
 if TYPE_CHECKING:
     from ._pool import ConnectionPool
     from ._state import ProcessState
 
-__all__ = ["check_out", "count_wait", "getconn_keyed", "wait_for_connection"]
+__all__ = ["check_out", "discard", "getconn_keyed", "wait_for_connection"]
 
 _log = logging.getLogger("flask_pgpool")
 _monotonic = time.monotonic
@@ -96,14 +97,14 @@ def check_out(pool: ConnectionPool, state: ProcessState, record: ConnectionRecor
             if budget is None:
                 with state.lock:
                     record.in_use = False
-                    pool._give_back(state, record)
+                    give_back(state, record)
                 return False
             verdict = Verdict.USE if _ping(state, conn, budget) else Verdict.DEAD
             if verdict is Verdict.USE and not pool._failover.pinged(conn, record):
                 verdict = Verdict.RETIRED  # its server refuses writes now: closed, not lost
     except BaseException:
         # Interrupted (KeyboardInterrupt in a ping...): the slot is freed all the same.
-        pool._discard(state, record, lost=False)
+        discard(pool, state, record, lost=False)
         raise
     if verdict is Verdict.USE:
         record.checked_out_at = now
@@ -114,8 +115,21 @@ def check_out(pool: ConnectionPool, state: ProcessState, record: ConnectionRecor
         if not state.housekeeper_started:
             pool._housekeeper.ensure_started(state)
         return True
-    pool._discard(state, record, lost=verdict is Verdict.DEAD)
+    discard(pool, state, record, lost=verdict is Verdict.DEAD)
     return False
+
+
+def discard(pool: ConnectionPool, state: ProcessState, record: ConnectionRecord, *, lost: bool) -> None:
+    """Outside the lock: close a connection that failed its checkout."""
+    with state.lock:
+        forget(pool, state, record)
+        if lost:
+            state.counters.connections_lost += 1
+            # Connections idle since before this one died are likely dead too.
+            state.suspect_before = max(state.suspect_before, record.last_used)
+    if lost:
+        _log.info("pool %r: discarded a connection the server had closed", pool.name)
+    close_quietly(record.conn, pool._ping_limit)
 
 
 def _ping(state: ProcessState, conn: connection, budget: float) -> bool:
@@ -158,7 +172,7 @@ def wait_for_connection(pool: ConnectionPool, state: ProcessState, started: floa
             handed = waiter.take()
             if handed is not None:
                 handed.in_use = False
-                pool._give_back(state, handed)
+                give_back(state, handed)
         raise
 
 
@@ -203,15 +217,6 @@ def next_step(pool: ConnectionPool, state: ProcessState, waiter: Waiter, limit: 
         state.counters.requests_queued += 1
     waiter.sleep = wait_time(pool, state, waiter, now, give_up)
     return None
-
-
-def count_wait(state: ProcessState, waiter: Waiter, now: float) -> None:
-    """Under the lock, as a waiter gets a connection: add its wait to
-    requests_wait_ms (if it had to wait for a return), in the lock section
-    that hands the connection over rather than one of its own."""
-    if waiter.queued:
-        state.counters.requests_wait_ms += (now - waiter.counted_from) * 1000
-    waiter.counted_from = now
 
 
 def give_up_at(pool: ConnectionPool, state: ProcessState, waiter: Waiter, now: float) -> float:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from ._opener import grow, spawn
 from ._record import ConnectionRecord, Verdict
+from ._session import close_quietly
 
 if TYPE_CHECKING:
     from ._pool import ConnectionPool
@@ -79,7 +80,7 @@ def _run(ref: weakref.ReferenceType[ConnectionPool], stop: threading.Event, wake
         wake.clear()
     if threading.Lock is not lock_factory:
         # Replaced because gevent patched the process since this thread started
-        # (see ConnectionPool._after_patch). A thread started before the patch
+        # (see _state.after_patch). A thread started before the patch
         # cannot end cleanly once threading is gevent's (threading forgets it
         # under gevent's thread ids): it sleeps for good instead, on its own event.
         while True:
@@ -108,7 +109,7 @@ def tidy(pool: ConnectionPool) -> None:
         count = grow(pool, state, now)
     spawn(pool, state, count)
     for record in closing:
-        pool._close(record.conn)
+        close_quietly(record.conn, pool._ping_limit)
     if closing:
         _log.debug("pool %r: closed %d idle or expired connection(s)", pool.name, len(closing))
     for record in leaks:

@@ -13,7 +13,9 @@ from psycopg2.extensions import TRANSACTION_STATUS_ACTIVE
 from . import _fork, _messages
 from ._health import SocketState, peek_state, ping
 from ._opener import grow, spawn
+from ._session import close_quietly
 from ._validate import check_sizes
+from ._waiting import forget, give_back
 
 if TYPE_CHECKING:
     from ._pool import ConnectionPool
@@ -43,7 +45,7 @@ def close_pool(pool: ConnectionPool) -> None:
         state.waiters.wake_all()
         pool._housekeeper.stop()
     for record in idle:
-        pool._close(record.conn)
+        close_quietly(record.conn, pool._ping_limit)
     _log.debug("pool %r closed", pool.name)
 
 
@@ -94,7 +96,7 @@ def resize(pool: ConnectionPool, minconn: int, maxconn: int) -> None:
         pool._housekeeper.wake()
     spawn(pool, state, count)
     for record in excess:
-        pool._close(record.conn)
+        close_quietly(record.conn, pool._ping_limit)
 
 
 def check(pool: ConnectionPool) -> None:
@@ -120,15 +122,15 @@ def check(pool: ConnectionPool) -> None:
             # Back like a returned connection: within maxconn (a resize() may have shrunk the pool meanwhile).
             if healthy and not pool.closed and state.size <= pool.maxconn:
                 record.last_used = now
-                pool._give_back(state, record)
+                give_back(state, record)
             else:
                 state.counters.connections_lost += not healthy
-                pool._forget(state, record)
+                forget(pool, state, record)
                 closing.append(record)
         count = grow(pool, state, now)
     spawn(pool, state, count)
     for record in closing:
-        pool._close(record.conn)
+        close_quietly(record.conn, pool._ping_limit)
 
 
 def drain(pool: ConnectionPool) -> None:
@@ -151,4 +153,4 @@ def drain(pool: ConnectionPool) -> None:
     _log.info("pool %r: draining; %d idle connection(s) closed", pool.name, len(retiring))
     spawn(pool, state, count)
     for record in retiring:
-        pool._close(record.conn)
+        close_quietly(record.conn, pool._ping_limit)

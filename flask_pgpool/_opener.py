@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 from . import _fork
 from ._health import poller_for
 from ._record import ConnectionRecord
-from ._session import session_of
+from ._session import close_quietly, session_of
+from ._waiting import give_back
 
 if TYPE_CHECKING:
     from ._pool import ConnectionPool
@@ -115,10 +116,10 @@ def _open_one(pool: ConnectionPool, state: ProcessState) -> None:
         count = 0
         if not stale:
             state.records[id(conn)] = record
-            pool._give_back(state, record)
+            give_back(state, record)
             count = grow(pool, state, _monotonic())
     if stale:
-        pool._close(conn)
+        close_quietly(conn, pool._ping_limit)
         return
     spawn(pool, state, count)
 

@@ -14,16 +14,17 @@ It knows nothing of Flask. What it changes from psycopg2's pool:
 * a child process after ``fork()`` never uses its parent's connections: it
   starts with an empty pool of its own.
 
-This module is the facade; the parts live beside it: the per-connection
-record and its policy (``_record``), the wait queue (``_waiting``), opening
-connections and the backoff (``_connector``), the return to the pool
-(``_session``), the background thread (``_housekeeper``), per-process state
-and fork (``_state``, ``_fork``), counters and observers (``_stats``).
+This module is the facade; the parts live beside it: its options
+(``_options``), the per-connection record and its policy (``_record``), the
+checkout and the wait queue (``_checkout``, ``_waiting``), opening
+connections and the backoff (``_opener``, ``_connector``), the return to the
+pool (``_returning``, ``_session``), the background thread
+(``_housekeeper``), per-process state and fork (``_state``, ``_fork``),
+counters and observers (``_stats``).
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
@@ -38,16 +39,15 @@ from . import _dsn as dsnlib
 from ._connector import Connector
 from ._credentials import ArgsSource, DsnSource
 from ._failover import READ_ONLY, FailoverGuard
-from ._record import ConnectionRecord, HealthPolicy
-from ._session import Reset, close_quietly
-from ._state import ProcessState
-from ._stats import STATS_KEYS, Observer, Observers
+from ._options import check_options
+from ._session import Reset
+from ._state import ProcessState, after_fork, after_patch
+from ._stats import STATS_KEYS, Observer, Observers, snapshot
 from ._timeouts import DEFAULT_NETWORK_TIMEOUT
-from ._validate import check_sizes, nonnegative_seconds, positive_seconds, whole_number
+from ._waiting import give_back
 
 __all__ = ["STATS_KEYS", "ConnectionPool"]
 
-_log = logging.getLogger("flask_pgpool")
 _monotonic = time.monotonic
 _IDLE = TRANSACTION_STATUS_IDLE
 _READY = STATUS_READY
@@ -122,43 +122,21 @@ class ConnectionPool(ThreadedConnectionPool):
         ``label(option)`` names an option in messages (the Flask extension
         gives its ``PGPOOL_`` keys).
         """
-        check_sizes("minconn", minconn, "maxconn", maxconn)
+        options = check_options(
+            minconn, maxconn, timeout=timeout, max_waiting=max_waiting, connect_timeout=connect_timeout,
+            max_lifetime=max_lifetime, leak_timeout=leak_timeout, health_check=health_check, ping_after=ping_after,
+            max_idle=max_idle, network_timeout=network_timeout, statement_timeout=statement_timeout,
+        )
         # psycopg2's __init__ would open minconn connections at once; this pool
         # opens none before it is used, and keeps its state in _state.
-        self.minconn = minconn
-        self.maxconn = maxconn
-        self.closed = False
-        self.name = name
-        self.timeout = positive_seconds("timeout", timeout)
-        self.max_waiting = whole_number("max_waiting", max_waiting, 0)
-        whole_number("connect_timeout", connect_timeout, 0)
-        self.max_lifetime = positive_seconds("max_lifetime", max_lifetime)
-        self.leak_timeout = None if leak_timeout is None else positive_seconds("leak_timeout", leak_timeout)
-        self._health = HealthPolicy(
-            health_check=health_check,
-            ping_after=None if ping_after is None else nonnegative_seconds("ping_after", ping_after),
-            max_idle=positive_seconds("max_idle", max_idle),
-        )
-        # The fast path of getconn(): an idle connection younger than this
-        # needs no ping (never, with health checks off: check_out() decides).
-        quick_age = self._health.ping_after if health_check else float("-inf")
-        self._quick_age = float("inf") if quick_age is None else quick_age
-        self.reset = reset
-        self._label = label or str
-        # 0 or None: no bound.
-        network_timeout = positive_seconds("network_timeout", network_timeout) if network_timeout else None
-        statement_timeout = positive_seconds("statement_timeout", statement_timeout) if statement_timeout else None
-        # The bound of a ping, a rollback or a close: no later than the network bound would end it.
-        self._ping_limit = float(min(b for b in (self.timeout, connect_timeout, network_timeout) if b))
+        self.minconn, self.maxconn, self.closed, self.name = minconn, maxconn, False, name
+        # Plain attributes, copied out of options: getconn() and putconn() read some on every request.
+        self.timeout, self.max_waiting, self.max_lifetime = options.timeout, options.max_waiting, options.max_lifetime
+        self.leak_timeout, self.reset, self._label = options.leak_timeout, reset, label or str
+        self._health, self._quick_age, self._ping_limit = options.health, options.quick_age, options.ping_limit
         self._connector = Connector(
-            dsn,
-            connect_args=connect_args,
-            connect_timeout=connect_timeout,
-            read_only=read_only,
-            configure=configure,
-            network_timeout=network_timeout,
-            statement_timeout=statement_timeout,
-            label=self._label,
+            dsn, connect_args=connect_args, connect_timeout=connect_timeout, read_only=read_only, configure=configure,
+            network_timeout=options.network_timeout, statement_timeout=options.statement_timeout, label=self._label,
         )
         # Failover: connections whose server stopped taking writes are not handed out.
         self._failover = FailoverGuard(name, enabled=not read_only, timeout=self._ping_limit)
@@ -255,7 +233,8 @@ class ConnectionPool(ThreadedConnectionPool):
             except (OSError, ValueError):
                 usable = False
             except BaseException:
-                self._discard(state, record, lost=False)  # interrupted in the poll: the slot is freed all the same
+                # Interrupted in the poll: the slot is freed all the same.
+                _checkout.discard(self, state, record, lost=False)
                 raise
             if usable:
                 record.checked_out_at = started
@@ -288,8 +267,8 @@ class ConnectionPool(ThreadedConnectionPool):
         state = self._state
         # The common case, in one lock section: a connection returned as it
         # was handed out (nothing to roll back or restore). Written out flat,
-        # for it runs on every request: it is _keep(), _release() and
-        # _give_back(), which the slow path uses.
+        # for it runs on every request: it is _returning's release() and
+        # may_keep(), and _waiting's give_back(), which the slow path uses.
         record = state.records.get(id(conn)) if key is None and not close else None
         if (
             record is not None
@@ -318,7 +297,7 @@ class ConnectionPool(ThreadedConnectionPool):
                     record.in_use = False
                     record.last_used = now
                     if state.waiters:
-                        self._give_back(state, record)
+                        give_back(state, record)
                     else:
                         state.idle.append(record)
             finally:
@@ -328,58 +307,6 @@ class ConnectionPool(ThreadedConnectionPool):
                     self._observers.notify("return", now - record.checked_out_at)
                 return
         _returning.putconn_slow(self, state, conn, key, close)
-
-    def _keep(self, state: ProcessState, record: ConnectionRecord, now: float) -> bool:
-        """Under the lock: may a returned connection in good order stay in the pool?"""
-        return (
-            not self.closed
-            and len(state.records) + state.opening <= self.maxconn
-            and record.keep_after_return(now, state.generation)
-        )
-
-    def _release(self, state: ProcessState, record: ConnectionRecord) -> None:
-        """Under the lock: the connection is no longer checked out (nor under its key)."""
-        record.in_use = False
-        if record.key is not None:
-            del state.keys[record.key]
-            record.key = None
-
-    def _give_back(self, state: ProcessState, record: ConnectionRecord) -> None:
-        """Under the lock: hand a healthy connection to the first waiter, or make it idle."""
-        if not state.waiters:
-            state.idle.append(record)
-            return
-        record.in_use = True  # before the hand-over: the waiter takes it without the lock
-        waiter = state.waiters.hand_over(record)
-        if waiter is not None and waiter.queued:
-            _checkout.count_wait(state, waiter, _monotonic())
-        if state.backoff.active:
-            # The new first in line owns the backoff timer now.
-            state.waiters.wake_first()
-
-    def _forget(self, state: ProcessState, record: ConnectionRecord) -> None:
-        """Under the lock: the connection leaves the pool; its slot is free."""
-        if state.records.get(id(record.conn)) is record:
-            del state.records[id(record.conn)]
-        state.waiters.wake_first()
-        if state.size < self.minconn:
-            self._housekeeper.wake()
-
-    def _discard(self, state: ProcessState, record: ConnectionRecord, *, lost: bool) -> None:
-        """Outside the lock: close a connection that failed its checkout."""
-        with state.lock:
-            self._forget(state, record)
-            if lost:
-                state.counters.connections_lost += 1
-                # Connections idle since before this one died are likely dead too.
-                state.suspect_before = max(state.suspect_before, record.last_used)
-        if lost:
-            _log.info("pool %r: discarded a connection the server had closed", self.name)
-        self._close(record.conn)
-
-    def _close(self, conn: connection) -> None:
-        """Outside the lock: close a connection that leaves the pool (bounded in time)."""
-        close_quietly(conn, self._ping_limit)
 
     # -- managing the pool ---------------------------------------------------
 
@@ -432,15 +359,8 @@ class ConnectionPool(ThreadedConnectionPool):
         return stats
 
     def _snapshot(self, state: ProcessState) -> dict[str, int]:
-        stats = {
-            "pool_min": self.minconn,
-            "pool_max": self.maxconn,
-            "pool_size": state.size,
-            "pool_available": len(state.idle),
-            "requests_waiting": len(state.waiters),
-        }
-        stats.update(state.counters.as_dict())
-        return stats
+        """Under the lock: what :meth:`get_stats` returns (see :func:`flask_pgpool._stats.snapshot`)."""
+        return snapshot(self, state)
 
     def add_observer(self, callback: Observer) -> None:
         """Call ``callback(event, seconds)`` on pool events, outside the pool's lock.
@@ -489,30 +409,9 @@ class ConnectionPool(ThreadedConnectionPool):
     # -- processes -------------------------------------------------------------------
 
     def _after_fork(self) -> None:
-        """In a child process: start empty. The parent's connections are
-        released without a word on their sockets (see :mod:`flask_pgpool._fork`)."""
-        inherited = list(self._state.records.values())
-        self._state = ProcessState()
-        self._connector.after_fork()
-        self._failover.after_fork()
-        self._housekeeper = _housekeeper.Housekeeper(self)
-        _fork.release_sockets(record.conn for record in inherited)
+        """In a child process: start empty (see :func:`flask_pgpool._state.after_fork`)."""
+        after_fork(self)
 
     def _after_patch(self) -> None:
-        """gevent patched this process after the state was made: a state of
-        gevent's locks (and psycopg2's wait callback, see :mod:`flask_pgpool._green`),
-        holding the same connections."""
-        old = self._state
-        with old.lock:
-            new = ProcessState()  # installs the wait callback, or refuses a half-patched process
-            new.records, new.idle, new.keys = old.records, old.idle, old.keys
-            new.counters, new.backoff = old.counters, old.backoff
-            new.generation, new.suspect_before, new.round_trip = old.generation, old.suspect_before, old.round_trip
-            old.records, old.idle, old.keys = {}, [], {}
-            # The old housekeeper is a real thread: it ends, a greenlet replaces it on the next checkout.
-            self._housekeeper.stop()
-            self._housekeeper = _housekeeper.Housekeeper(self)
-            # Connections being opened for the old state close when they are
-            # done (they find the state replaced) and free its slots.
-            self._state = new
-        _log.info("pool %r: gevent patched this process after the pool was made; now waiting through gevent", self.name)
+        """gevent patched this process after the state was made (see :func:`flask_pgpool._state.after_patch`)."""
+        after_patch(self)

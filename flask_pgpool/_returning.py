@@ -16,13 +16,14 @@ from psycopg2.extensions import connection
 from psycopg2.pool import PoolError
 
 from ._record import ConnectionRecord
-from ._session import reset_for_reuse
+from ._session import close_quietly, reset_for_reuse
+from ._waiting import forget, give_back
 
 if TYPE_CHECKING:
     from ._pool import ConnectionPool
     from ._state import ProcessState
 
-__all__ = ["checked_out_record", "putconn_slow", "reset"]
+__all__ = ["checked_out_record", "may_keep", "putconn_slow", "release", "reset"]
 
 _log = logging.getLogger("flask_pgpool")
 _monotonic = time.monotonic
@@ -52,23 +53,40 @@ def putconn_slow(
     """Return a connection that needs work (a rollback, a reset) or must be closed."""
     with state.lock:
         record = checked_out_record(pool, state, conn, key)
-        pool._release(state, record)  # nobody can return it twice from here on
+        release(state, record)  # nobody can return it twice from here on
     keep = False
     try:
         keep = not (close or pool.closed) and reset(pool, record)
     finally:
         now = _monotonic()
         with state.lock:
-            keep = keep and pool._keep(state, record, now)
+            keep = keep and may_keep(pool, state, record, now)
             if keep:
                 record.last_used = now
-                pool._give_back(state, record)
+                give_back(state, record)
             else:
-                pool._forget(state, record)
+                forget(pool, state, record)
         if not keep:
-            pool._close(record.conn)
+            close_quietly(record.conn, pool._ping_limit)
     if pool._observers.callbacks:
         pool._observers.notify("return", now - record.checked_out_at)
+
+
+def release(state: ProcessState, record: ConnectionRecord) -> None:
+    """Under the lock: the connection is no longer checked out (nor under its key)."""
+    record.in_use = False
+    if record.key is not None:
+        del state.keys[record.key]
+        record.key = None
+
+
+def may_keep(pool: ConnectionPool, state: ProcessState, record: ConnectionRecord, now: float) -> bool:
+    """Under the lock: may a returned connection in good order stay in the pool?"""
+    return (
+        not pool.closed
+        and len(state.records) + state.opening <= pool.maxconn
+        and record.keep_after_return(now, state.generation)
+    )
 
 
 def reset(pool: ConnectionPool, record: ConnectionRecord) -> bool:

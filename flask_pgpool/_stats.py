@@ -1,4 +1,4 @@
-"""The pool's counters, and the observers told of its events.
+"""The pool's counters and their snapshot, and the observers told of its events.
 
 Counters are plain integer attributes, incremented under the pool's lock:
 cheaper than a dict or a Counter on the checkout path.
@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-__all__ = ["COUNTERS", "STATS_KEYS", "Counters", "Observer", "Observers", "PoolEvent"]
+if TYPE_CHECKING:
+    from ._pool import ConnectionPool
+    from ._state import ProcessState
+
+__all__ = ["COUNTERS", "STATS_KEYS", "Counters", "Observer", "Observers", "PoolEvent", "snapshot"]
 
 _log = logging.getLogger("flask_pgpool")
 
@@ -67,6 +71,19 @@ class Counters:
     connections_ms: int
     connections_errors: int
     connections_lost: int
+
+
+def snapshot(pool: ConnectionPool, state: ProcessState) -> dict[str, int]:
+    """Under the lock: the gauges and counters of :meth:`ConnectionPool.get_stats`, in :data:`STATS_KEYS` order."""
+    stats = {
+        "pool_min": pool.minconn,
+        "pool_max": pool.maxconn,
+        "pool_size": state.size,
+        "pool_available": len(state.idle),
+        "requests_waiting": len(state.waiters),
+    }
+    stats.update(state.counters.as_dict())
+    return stats
 
 
 class Observers:

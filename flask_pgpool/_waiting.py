@@ -5,7 +5,10 @@ served in order and a late arrival cannot take it first. Waking one waiter
 releases one lock: no condition variable, no event, nothing allocated per
 wait (each thread reuses its own :class:`Waiter`).
 
-Every method here runs under the pool's lock, except :meth:`Waiter.wait`.
+Every method and function here runs under the pool's lock, except
+:meth:`Waiter.wait`. The functions at the end are the pool's side of a
+hand-over: a connection given back goes to the first waiter or to the idle
+list, and a slot freed wakes whoever may use it.
 """
 
 from __future__ import annotations
@@ -13,12 +16,17 @@ from __future__ import annotations
 import collections
 import contextlib
 import threading
+import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from ._pool import ConnectionPool
     from ._record import ConnectionRecord
+    from ._state import ProcessState
 
-__all__ = ["WaitQueue", "Waiter"]
+__all__ = ["WaitQueue", "Waiter", "count_wait", "forget", "give_back"]
+
+_monotonic = time.monotonic
 
 
 class Waiter:
@@ -178,3 +186,35 @@ class WaitQueue(collections.deque[Waiter]):
             waiter = self.popleft()
             waiter.in_queue = False
             waiter.wake()
+
+
+def give_back(state: ProcessState, record: ConnectionRecord) -> None:
+    """Under the lock: hand a healthy connection to the first waiter, or make it idle."""
+    if not state.waiters:
+        state.idle.append(record)
+        return
+    record.in_use = True  # before the hand-over: the waiter takes it without the lock
+    waiter = state.waiters.hand_over(record)
+    if waiter is not None and waiter.queued:
+        count_wait(state, waiter, _monotonic())
+    if state.backoff.active:
+        # The new first in line owns the backoff timer now.
+        state.waiters.wake_first()
+
+
+def forget(pool: ConnectionPool, state: ProcessState, record: ConnectionRecord) -> None:
+    """Under the lock: the connection leaves the pool; its slot is free."""
+    if state.records.get(id(record.conn)) is record:
+        del state.records[id(record.conn)]
+    state.waiters.wake_first()
+    if state.size < pool.minconn:
+        pool._housekeeper.wake()
+
+
+def count_wait(state: ProcessState, waiter: Waiter, now: float) -> None:
+    """Under the lock, as a waiter gets a connection: add its wait to
+    requests_wait_ms (if it had to wait for a return), in the lock section
+    that hands the connection over rather than one of its own."""
+    if waiter.queued:
+        state.counters.requests_wait_ms += (now - waiter.counted_from) * 1000
+    waiter.counted_from = now
