@@ -3,12 +3,19 @@
 Wall-clock and CPU times of a few microseconds move by more than the few per
 cent this measures on a shared machine; the number of instructions a request
 executes does not. Each case runs in a child process under
-``valgrind --tool=callgrind`` (``PYTHONHASHSEED=0``; the main thread's
-instructions, not the pool's background threads'): once serving
-``requests`` test-client requests after its warm-up, once serving none (the
-baseline: start-up, imports, connections, warm-up). The difference divided by
-``requests`` is the cost of one request; the median of ``runs`` such pairs is
-reported.
+``valgrind --tool=callgrind`` (the main thread's instructions, not the pool's
+background threads'): once serving ``requests`` test-client requests after
+its warm-up, once serving none (the baseline: start-up, imports,
+connections, warm-up). The difference divided by ``requests`` is the cost of
+one request; the median of ``runs`` such pairs is reported.
+
+Run ``n`` uses ``PYTHONHASHSEED=n``. A count moves far less than a time with
+the machine's load, but it does move with where the interpreter's objects land: CPython 3.11's
+method cache indexes (type version, name address) pairs, and collisions
+there, or in dicts, cost a request of the same code up to about 5,000
+instructions more or less from one process layout to another (a change to
+the run's environment or to unrelated code is enough). Runs under different
+hash seeds see different layouts; their median is what compares.
 
 The child imports ``flask_pgpool`` from ``code`` (by default this checkout),
 and only its public names, so that an older checkout of the package can be
@@ -167,7 +174,7 @@ def _child(argv: Sequence[str]) -> int:
 _TOTAL = re.compile(rb"^(?:summary|totals):\s*(\d+)", re.MULTILINE)
 
 
-def _instructions(case: str, requests: int, dsn: str, code: Path, out: Path, valgrind: str) -> int:
+def _instructions(case: str, requests: int, dsn: str, code: Path, out: Path, valgrind: str, seed: int) -> int:
     """Instructions the child's main thread executed (callgrind's total for thread 1).
 
     Only the main thread serves the requests. The pool's background threads
@@ -175,7 +182,7 @@ def _instructions(case: str, requests: int, dsn: str, code: Path, out: Path, val
     down by the machine's load: counted with them, the same run differed by
     up to a million instructions.
     """
-    env = dict(os.environ, PYTHONHASHSEED="0", PYTHONPATH=str(_ROOT))
+    env = dict(os.environ, PYTHONHASHSEED=str(seed), PYTHONPATH=str(_ROOT))
     cmd = [
         valgrind,
         "--tool=callgrind",
@@ -210,8 +217,8 @@ def count_case(
     with tempfile.TemporaryDirectory(prefix="pgpool-callgrind-") as tmp:
         folder = keep if keep is not None else Path(tmp)
         for run in range(runs):
-            full = _instructions(case, requests, dsn, code, folder / f"callgrind.{case}.{run}.out", valgrind)
-            base = _instructions(case, 0, dsn, code, folder / f"callgrind.{case}.{run}.base.out", valgrind)
+            full = _instructions(case, requests, dsn, code, folder / f"callgrind.{case}.{run}.out", valgrind, run)
+            base = _instructions(case, 0, dsn, code, folder / f"callgrind.{case}.{run}.base.out", valgrind, run)
             per_request.append((full - base) / requests)
     return Count(case, per_request)
 

@@ -55,6 +55,7 @@ _current_app_context = compat.app_context_or
 _request_context = compat.request_context_or
 _pushed_app_context = compat.pushed_app_context
 _after_request_functions = compat.after_request_functions
+_Generator = types.GeneratorType
 
 
 class Lender(Protocol):
@@ -173,87 +174,8 @@ class PgPool:
         connection; it goes back to the pool when the request ends.
         ``name`` picks a bind of ``PGPOOL_BINDS``.
         """
-        return self._get_db(_app_context(), name)
-
-    def _get_db(self, ctx: AppContext, name: str | None) -> connection:
-        # The context is read once and g's namespace used directly: Flask's
-        # proxies cost more than the pool's own checkout on this path.
-        bind = name or DEFAULT_BIND
-        request = _request_context(None)
-        if request is None or _pushed_app_context(request) is ctx:
-            namespace, scope = ctx.g.__dict__, ctx  # see get_db()
-        else:
-            namespace, scope = _request_scope(ctx, request)
-        lease: Lease | None = namespace.get(_LEASE)
-        if lease is not None:
-            entry = lease.conns.get(bind)
-            if entry is not None and not entry[1].closed:
-                return entry[1]
-        return self._check_out(ctx, self._state(ctx.app), namespace, scope, request, lease, bind)
-
-    def _check_out(
-        self,
-        ctx: AppContext,
-        state: _AppState,
-        namespace: dict[str, Any],
-        scope: Any,
-        request: Any,
-        lease: Lease | None,
-        bind: str,
-    ) -> connection:
-        source = state.sources.get(bind)
-        if source is None:
-            state.pool(bind)  # raises, naming the binds there are
-            raise KeyError(bind)
-        take, give_back, guarded = source
-        if lease is not None or _ENDED_AT in namespace:
-            # Not the first checkout of a fresh request (or app context).
-            if lease is None or lease.ctx is ENDED:
-                ended_at = namespace.get(_ENDED_AT)
-                if ended_at is not None and ended_at is compat.push_marker(scope):
-                    if scope is not ctx:
-                        # A request that borrows its app context, after its own
-                        # teardown (a request_tearing_down receiver): in production
-                        # this still runs in the request's app context, so it gets
-                        # the app context's connection.
-                        return self._get_db_in_app_context(ctx, bind)
-                    raise RuntimeError(
-                        "get_db() was called after flask-pgpool gave this app context's connections back "
-                        "(from an appcontext_tearing_down receiver, or later): use a teardown_appcontext "
-                        "function instead, which runs while the request's connection is still there"
-                    )
-                lease = None
-            else:
-                closed = lease.conns.pop(bind, None)
-                if closed is not None:
-                    # The view closed it: give the slot back and check out another.
-                    try:
-                        closed[0](closed[1])
-                    except Exception:
-                        # Already given back by the view itself: nothing left to free.
-                        _log.warning("flask-pgpool: the closed %r connection was not checked out any more", bind)
-        lender = state.lender
-        if lender is None:
-            conn = take()
-        else:
-            conn, give_back, guarded = lender.lend(bind), lender.putconn, False
-        if lease is None:
-            # Made once the connection is there: a checkout that fails leaves nothing to end.
-            namespace[_LEASE] = Lease(ctx, scope, bind, give_back, conn, guarded)
-            if request is not None:
-                # Registered per request, so that requests that never call get_db() pay nothing for it.
-                _after_request_functions(request).append(_hold_if_streamed)
-        else:
-            lease.add(bind, give_back, conn, guarded)
-        return conn
-
-    def _get_db_in_app_context(self, ctx: AppContext, bind: str) -> connection:
-        namespace = ctx.g.__dict__
-        lease: Lease | None = namespace.get(_LEASE)
-        entry = lease.conns.get(bind) if lease is not None else None
-        if entry is not None and not entry[1].closed:
-            return entry[1]
-        return self._check_out(ctx, self._state(ctx.app), namespace, ctx, _request_context(None), lease, bind)
+        self._state(_app_context().app)  # raises unless this PgPool is set up on the current app
+        return get_db(name)
 
     def get_pool(self, name: str | None = None, app: Flask | None = None) -> ConnectionPool:
         """The pool of ``app`` (default: the current app) for bind ``name``."""
@@ -346,7 +268,6 @@ def get_db(name: str | None = None) -> connection:
         raise RuntimeError(
             "flask-pgpool is not set up on this app: create PgPool(app) or call pgpool.init_app(app) in the app factory"
         ) from None
-    # PgPool._get_db written out, so that a request's later get_db() calls are one call each.
     bind = name or DEFAULT_BIND
     request = _request_context(None)
     if request is None or _pushed_app_context(request) is ctx:
@@ -358,7 +279,77 @@ def get_db(name: str | None = None) -> connection:
         entry = lease.conns.get(bind)
         if entry is not None and not entry[1].closed:
             return entry[1]
-    return state.owner._check_out(ctx, state, namespace, scope, request, lease, bind)
+    return _check_out(ctx, state, namespace, scope, request, lease, bind)
+
+
+def _check_out(
+    ctx: AppContext,
+    state: _AppState,
+    namespace: dict[str, Any],
+    scope: Any,
+    request: Any,
+    lease: Lease | None,
+    bind: str,
+) -> connection:
+    """Check out ``bind``'s connection for the request (or app context) whose lease lives in ``namespace``.
+
+    Every case: the first checkout, another bind, a connection the view
+    closed, a lender (``rolled_back()``), and get_db() after the teardown.
+    """
+    source = state.sources.get(bind)
+    if source is None:
+        state.pool(bind)  # raises, naming the binds there are
+        raise KeyError(bind)
+    take, give_back, guarded = source
+    if lease is not None or _ENDED_AT in namespace:
+        # Not the first checkout of a fresh request (or app context).
+        if lease is None or lease.ctx is ENDED:
+            ended_at = namespace.get(_ENDED_AT)
+            if ended_at is not None and ended_at is compat.push_marker(scope):
+                if scope is not ctx:
+                    # A request that borrows its app context, after its own
+                    # teardown (a request_tearing_down receiver): in production
+                    # this still runs in the request's app context, so it gets
+                    # the app context's connection.
+                    return _get_db_in_app_context(ctx, state, bind)
+                raise RuntimeError(
+                    "get_db() was called after flask-pgpool gave this app context's connections back "
+                    "(from an appcontext_tearing_down receiver, or later): use a teardown_appcontext "
+                    "function instead, which runs while the request's connection is still there"
+                )
+            lease = None
+        else:
+            closed = lease.conns.pop(bind, None)
+            if closed is not None:
+                # The view closed it: give the slot back and check out another.
+                try:
+                    closed[0](closed[1])
+                except Exception:
+                    # Already given back by the view itself: nothing left to free.
+                    _log.warning("flask-pgpool: the closed %r connection was not checked out any more", bind)
+    lender = state.lender
+    if lender is None:
+        conn = take()
+    else:
+        conn, give_back, guarded = lender.lend(bind), lender.putconn, False
+    if lease is None:
+        # Made once the connection is there: a checkout that fails leaves nothing to end.
+        namespace[_LEASE] = Lease(ctx, scope, bind, give_back, conn, guarded)
+        if request is not None:
+            # Registered per request, so that requests that never call get_db() pay nothing for it.
+            _after_request_functions(request).append(_hold_if_streamed)
+    else:
+        lease.add(bind, give_back, conn, guarded)
+    return conn
+
+
+def _get_db_in_app_context(ctx: AppContext, state: _AppState, bind: str) -> connection:
+    namespace = ctx.g.__dict__
+    lease: Lease | None = namespace.get(_LEASE)
+    entry = lease.conns.get(bind) if lease is not None else None
+    if entry is not None and not entry[1].closed:
+        return entry[1]
+    return _check_out(ctx, state, namespace, ctx, _request_context(None), lease, bind)
 
 
 def _app_context() -> AppContext:
@@ -483,7 +474,7 @@ def _hold_if_streamed(response: Response) -> Response:
     whether it is a coroutine function, which costs more for a method, and
     most bodies are not generators.
     """
-    if isinstance(response.response, types.GeneratorType):
+    if isinstance(response.response, _Generator):
         ctx = compat.app_context()
         lease = _current_lease(ctx.app) if ctx is not None else None
         if lease is not None:
