@@ -317,6 +317,8 @@ def _check_out(
                     "(from an appcontext_tearing_down receiver, or later): use a teardown_appcontext "
                     "function instead, which runs while the request's connection is still there"
                 )
+            if lease is not None and namespace.get(_LEASE) is lease:
+                del namespace[_LEASE]  # ended (its streamed body was sent): the next lease replaces it
             lease = None
         else:
             closed = lease.conns.pop(bind, None)
@@ -332,15 +334,24 @@ def _check_out(
         conn = take()
     else:
         conn, give_back, guarded = lender.lend(bind), lender.putconn, False
-    if lease is None:
-        # Made once the connection is there: a checkout that fails leaves nothing to end.
-        namespace[_LEASE] = Lease(ctx, scope, bind, give_back, conn, guarded)
+    if lease is not None:
+        return lease.add(bind, give_back, conn, guarded)
+    # Made once the connection is there: a checkout that fails leaves nothing to end.
+    made = Lease(ctx, scope, bind, give_back, conn, guarded)
+    # setdefault, not an assignment: threads that share this app context
+    # (contextvars.copy_context()) may make their first get_db() at once, and
+    # one lease must hold every connection they check out.
+    lease = namespace.setdefault(_LEASE, made)
+    if lease is made:
         if request is not None:
             # Registered per request, so that requests that never call get_db() pay nothing for it.
             _after_request_functions(request).append(_hold_if_streamed)
-    else:
-        lease.add(bind, give_back, conn, guarded)
-    return conn
+        return conn
+    made.end()  # another thread's lease came first: this connection goes back
+    entry = lease.conns.get(bind)
+    if entry is not None and not entry[1].closed:
+        return entry[1]
+    return _check_out(ctx, state, namespace, scope, request, lease, bind)
 
 
 def _get_db_in_app_context(ctx: AppContext, state: _AppState, bind: str) -> connection:

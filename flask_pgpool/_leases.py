@@ -30,17 +30,20 @@ _log = logging.getLogger("flask_pgpool")
 GiveBack = Callable[[connection], None]
 
 
-# Open leases, by the weak reference to the object that holds each (see
-# Lease.__init__): the reference must live as long as its lease for its
-# callback to run, and the callback finds the lease here.
-_holders: dict[weakref.ref[Any], Lease] = {}
+# Open leases, by the id of the weak reference to the object that holds each
+# (see Lease.__init__); the lease keeps that reference alive, so that its
+# callback runs, and the callback finds the lease here. By id, not by the
+# reference itself: references to the same live object compare equal (two
+# leases of one app context would share an entry), and a dead one that was
+# never hashed cannot be.
+_holders: dict[int, Lease] = {}
 # Module globals, read without attribute lookups: a lease is made and ended on every request.
 _unhold, _ref = _holders.pop, weakref.ref
 
 
 def _holder_freed(ref: weakref.ref[Any]) -> None:
     """The holder of an open lease was freed: its teardown did not run (see Lease.__init__)."""
-    lease = _holders.pop(ref, None)
+    lease = _holders.pop(id(ref), None)
     if lease is not None and lease.conns and lease.release is None and lease.ctx is not ENDED:
         _log.warning(
             "flask-pgpool: a request's connections were given back only when its app context was freed; "
@@ -69,11 +72,14 @@ class Lease:
         # holder is the app context, its weak reference below serves for both.
         #: The app context it belongs to; ENDED once the connections are given back.
         #: Weak: the app context holds the lease, and must be freed without it.
-        self.ctx: weakref.ref[Any] = (ref := _ref(ctx, _holder_freed))
+        if holder is ctx:
+            self.ctx: weakref.ref[Any] = (held := _ref(ctx, _holder_freed))
+        else:
+            self.ctx, held = _ref(ctx), _ref(holder, _holder_freed)
         #: Set while a streamed response holds the connections: call it to give them back.
         self.release: Any = None
-        self._holder: weakref.ref[Any] | None = (held := ref if holder is ctx else _ref(holder, _holder_freed))
-        _holders[held] = self
+        self._holder: weakref.ref[Any] | None = held
+        _holders[id(held)] = self
         if guarded:
             # _mark(conn, self), written out: the first checkout of every request runs it.
             try:
@@ -90,11 +96,20 @@ class Lease:
         """Whether a streamed response holds the connections until it is sent."""
         return self.release is not None and self.ctx is not ENDED
 
-    def add(self, bind: str, give_back: GiveBack, conn: connection, guarded: bool) -> None:
-        """Hold ``conn`` of ``bind``, given back by ``give_back``; ``guarded``: it may carry the check of _guard."""
-        self.conns[bind] = (give_back, conn)
+    def add(self, bind: str, give_back: GiveBack, conn: connection, guarded: bool) -> connection:
+        """Hold ``conn`` of ``bind``, given back by ``give_back``; ``guarded``: it may carry the check of _guard.
+
+        Returns the connection of ``bind`` the lease now holds: another
+        thread of the same app context (``contextvars.copy_context()``) may
+        have added one first; then ``conn`` is given back.
+        """
+        held = self.conns.setdefault(bind, (give_back, conn))
+        if held[1] is not conn:
+            _give_back_quietly(bind, give_back, conn)
+            return held[1]
         if guarded:
             _mark(conn, self)
+        return conn
 
     def finish(self, exc: BaseException | None) -> bool:
         """The request's teardown: give the connections back, unless a response that will be sent holds them.
@@ -116,17 +131,13 @@ class Lease:
         conns, self.conns = self.conns, {}
         try:
             for bind, (give_back, conn) in conns.items():
-                try:
-                    give_back(conn)
-                except Exception:
-                    # A raising teardown would stop Flask < 3.2 from running the others.
-                    _log.exception("flask-pgpool: could not return the %r connection", bind)
+                _give_back_quietly(bind, give_back, conn)
         finally:
             self.ctx = ENDED
             self.release = None
             held = self._holder
             if held is not None:
-                _unhold(held, None)
+                _unhold(id(held), None)
                 self._holder = None
 
     def hold_if_streamed(self, response: Response) -> Response:
@@ -145,6 +156,14 @@ class Lease:
             self.release = wrapped.release
             response.response = wrapped
         return response
+
+
+def _give_back_quietly(bind: str, give_back: GiveBack, conn: connection) -> None:
+    try:
+        give_back(conn)
+    except Exception:
+        # A raising teardown would stop Flask < 3.2 from running the others.
+        _log.exception("flask-pgpool: could not return the %r connection", bind)
 
 
 def _mark(conn: connection, lease: Lease) -> None:

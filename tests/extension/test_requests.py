@@ -10,7 +10,9 @@ with their own login): see support.userconfigs.
 
 from __future__ import annotations
 
+import contextvars
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -124,6 +126,36 @@ def test_get_db_returns_the_same_connection_within_a_context(make_app: Callable[
         assert ext.get_db() is first
         assert stats(app)["requests_num"] == 1
         assert stats(app)["pool_size"] == 1
+
+
+def test_threads_sharing_the_app_context_check_out_one_connection(make_app: Callable[..., Flask]) -> None:
+    # Threads started with the request's context (contextvars.copy_context(),
+    # as asyncio.to_thread does) may make the request's first get_db() at the
+    # same moment: they all get the request's one connection, and none is
+    # left checked out when the request ends.
+    app = make_app()
+    threads = 4
+
+    @app.get("/threads")
+    def threaded() -> dict[str, int]:
+        barrier = threading.Barrier(threads)
+        seen: list[int] = []
+
+        def work() -> None:
+            barrier.wait(timeout=10)
+            seen.append(id(get_db()))
+
+        runners = [threading.Thread(target=contextvars.copy_context().run, args=(work,)) for _ in range(threads)]
+        for runner in runners:
+            runner.start()
+        for runner in runners:
+            runner.join()
+        return {"connections": len(set(seen)), "calls": len(seen)}
+
+    client = app.test_client()
+    for _ in range(5):
+        assert client.get("/threads").json == {"connections": 1, "calls": threads}
+        assert nothing_checked_out(app)
 
 
 def test_second_request_reuses_the_pooled_connection(make_app: Callable[..., Flask], server_sessions: Sessions) -> None:

@@ -9,6 +9,7 @@ connection went back gets a clear error instead of a connection of its own.
 from __future__ import annotations
 
 import gc
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -238,3 +239,27 @@ def test_an_app_context_pushed_again_gets_a_connection_again(new_app: Callable[[
         with ctx, get_db().cursor() as cur:
             cur.execute("SELECT 1")
         assert all_idle(app)
+
+
+def test_a_raising_teardown_request_in_a_context_the_test_holds_leaves_no_unraisable_error(
+    new_app: Callable[[], Flask], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The request borrows the test's app context; its lease ends when the
+    # request context is freed. The weak reference to the app context must
+    # not fail in its callback when that context is freed later.
+    app = new_app()
+    PgPool(app)
+
+    @app.teardown_request
+    def broken(exc: BaseException | None) -> None:
+        raise ValueError("teardown failed")
+
+    unraisable: list[str] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda hook: unraisable.append(repr(hook.exc_value)))
+    for _ in range(4):  # more than maxconn=2
+        with app.app_context():
+            with pytest.raises(ValueError, match="teardown failed"):
+                app.test_client().get("/db")
+        gc.collect()
+        assert all_idle(app)
+    assert unraisable == []
