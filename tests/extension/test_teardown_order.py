@@ -257,9 +257,8 @@ def test_a_raising_teardown_request_in_a_context_the_test_holds_leaves_no_unrais
     unraisable: list[str] = []
     monkeypatch.setattr(sys, "unraisablehook", lambda hook: unraisable.append(repr(hook.exc_value)))
     for _ in range(4):  # more than maxconn=2
-        with app.app_context():
-            with pytest.raises(ValueError, match="teardown failed"):
-                app.test_client().get("/db")
+        with app.app_context(), pytest.raises(ValueError, match="teardown failed"):
+            app.test_client().get("/db")
         gc.collect()
         assert all_idle(app)
     assert unraisable == []
