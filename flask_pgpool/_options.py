@@ -7,7 +7,9 @@ of the pool's signature, so the first wrong option is the one reported.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from ._record import HealthPolicy
 from ._validate import check_sizes, nonnegative_seconds, positive_seconds, whole_number
@@ -47,9 +49,14 @@ def check_options(
     max_idle: float,
     network_timeout: float | None,
     statement_timeout: float | None,
+    kinds: Mapping[str, Any],
 ) -> PoolOptions:
-    """Check the options of :class:`ConnectionPool` (as its signature documents them)."""
+    """Check the options of :class:`ConnectionPool` (as its signature documents them).
+
+    ``kinds``: the options that are not numbers, by name (see :func:`check_kinds`).
+    """
     check_sizes("minconn", minconn, "maxconn", maxconn)
+    check_kinds(**kinds)
     timeout = positive_seconds("timeout", timeout)
     max_waiting = whole_number("max_waiting", max_waiting, 0)
     whole_number("connect_timeout", connect_timeout, 0)
@@ -75,3 +82,46 @@ def check_options(
         quick_age=float("inf") if quick_age is None else quick_age,
         ping_limit=float(min(b for b in (timeout, connect_timeout, network_timeout) if b)),
     )
+
+
+def check_kinds(
+    *,
+    dsn: Any,
+    name: Any,
+    health_check: Any,
+    read_only: Any,
+    configure: Any,
+    connect_args: Any,
+    reset: Any,
+    label: Any,
+) -> None:
+    """Refuse, naming the option, a value of the wrong kind that would otherwise fail later.
+
+    A DSN, arguments or a ``configure`` of the wrong type would only fail at
+    the first connect, where it looks like the database being down; a
+    ``reset`` of the wrong type would close every returned connection.
+    """
+    if not (isinstance(dsn, str) or callable(dsn)):
+        raise ValueError(f"dsn must be a connection string or URL, or a function that returns one, got {dsn!r}")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty string, got {name!r}")
+    for option, value in (("health_check", health_check), ("read_only", read_only)):
+        if not isinstance(value, bool):
+            raise ValueError(f"{option} must be True or False, got {value!r}")
+    if configure is not None and not callable(configure):
+        raise ValueError(f"configure must be a function that takes the new connection, or None, got {configure!r}")
+    if not (connect_args is None or callable(connect_args) or _is_arguments(connect_args)):
+        raise ValueError(
+            "connect_args must be a dict of psycopg2.connect() keyword arguments (or a function that returns "
+            f"one), or None, got {connect_args!r}"
+        )
+    if not (reset is None or callable(reset) or (isinstance(reset, str) and reset.strip())):
+        raise ValueError(
+            f"reset must be SQL (such as 'DISCARD ALL'), a function that takes the connection, or None, got {reset!r}"
+        )
+    if label is not None and not callable(label):
+        raise ValueError(f"label must be a function that names an option in messages, or None, got {label!r}")
+
+
+def _is_arguments(value: Any) -> bool:
+    return isinstance(value, Mapping) and all(isinstance(key, str) for key in value)

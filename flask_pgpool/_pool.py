@@ -126,6 +126,10 @@ class ConnectionPool(ThreadedConnectionPool):
             minconn, maxconn, timeout=timeout, max_waiting=max_waiting, connect_timeout=connect_timeout,
             max_lifetime=max_lifetime, leak_timeout=leak_timeout, health_check=health_check, ping_after=ping_after,
             max_idle=max_idle, network_timeout=network_timeout, statement_timeout=statement_timeout,
+            kinds={
+                "dsn": dsn, "name": name, "health_check": health_check, "read_only": read_only,
+                "configure": configure, "connect_args": connect_args, "reset": reset, "label": label,
+            },
         )
         # psycopg2's __init__ would open minconn connections at once; this pool
         # opens none before it is used, and keeps its state in _state.

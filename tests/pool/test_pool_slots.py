@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
@@ -140,6 +141,46 @@ def test_foreign_connection_raises_a_clear_error(make_pool: PoolFactory, pg_dsn:
 def test_bad_sizes_are_refused(pg_dsn: str, minconn: Any, maxconn: Any) -> None:
     with pytest.raises(ValueError, match=r"minconn|maxconn"):
         ConnectionPool(minconn, maxconn, pg_dsn)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("dsn", None),
+        ("dsn", b"dbname=test"),
+        ("name", ""),
+        ("name", None),
+        ("health_check", "no"),
+        ("health_check", None),
+        ("read_only", "false"),
+        ("read_only", 1),
+        ("configure", 5),
+        ("connect_args", 5),
+        ("connect_args", ["application_name"]),
+        ("connect_args", {1: 2}),
+        ("reset", 5),
+        ("reset", " "),
+        ("label", "PGPOOL_"),
+    ],
+)
+def test_options_of_the_wrong_kind_are_refused_naming_the_option(pg_dsn: str, option: str, value: Any) -> None:
+    # Else a DSN or a configure of the wrong type fails only at the first
+    # connect, looking like the database being down, and a wrong reset closes
+    # every returned connection.
+    options: dict[str, Any] = {"dsn": pg_dsn, option: value}
+    with pytest.raises(ValueError, match=rf"^{option} must be .*got {re.escape(repr(value))}$"):
+        ConnectionPool(1, 2, **options)
+
+
+def test_options_of_every_accepted_kind_make_a_pool(pg_dsn: str) -> None:
+    pools = [
+        ConnectionPool(1, 2, pg_dsn, read_only=True, health_check=False, reset="DISCARD ALL", name="a"),
+        ConnectionPool(1, 2, lambda: pg_dsn, connect_args={"application_name": "x"}, configure=lambda conn: None),
+        ConnectionPool(1, 2, "", connect_args=lambda: {"dsn": pg_dsn}, reset=lambda conn: None, label=str.upper),
+    ]
+    assert [pool.read_only for pool in pools] == [True, False, False]
+    for pool in pools:
+        pool.closeall()
 
 
 def test_resize_refuses_minconn_above_maxconn(make_pool: PoolFactory) -> None:
