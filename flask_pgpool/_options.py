@@ -7,6 +7,7 @@ of the pool's signature, so the first wrong option is the one reported.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -101,27 +102,43 @@ def check_kinds(
     the first connect, where it looks like the database being down; a
     ``reset`` of the wrong type would close every returned connection.
     """
-    if not (isinstance(dsn, str) or callable(dsn)):
-        raise ValueError(f"dsn must be a connection string or URL, or a function that returns one, got {dsn!r}")
+    if not (isinstance(dsn, str) or _callable_with(dsn, 0)):
+        raise ValueError(
+            f"dsn must be a connection string or URL, or a function of no arguments that returns one, got {dsn!r}"
+        )
     if not isinstance(name, str) or not name:
         raise ValueError(f"name must be a non-empty string, got {name!r}")
     for option, value in (("health_check", health_check), ("read_only", read_only)):
         if not isinstance(value, bool):
             raise ValueError(f"{option} must be True or False, got {value!r}")
-    if configure is not None and not callable(configure):
+    if configure is not None and not _callable_with(configure, 1):
         raise ValueError(f"configure must be a function that takes the new connection, or None, got {configure!r}")
-    if not (connect_args is None or callable(connect_args) or _is_arguments(connect_args)):
+    if not (connect_args is None or _callable_with(connect_args, 0) or _is_arguments(connect_args)):
         raise ValueError(
-            "connect_args must be a dict of psycopg2.connect() keyword arguments (or a function that returns "
-            f"one), or None, got {connect_args!r}"
+            "connect_args must be a dict of psycopg2.connect() keyword arguments other than dsn (or a function "
+            f"of no arguments that returns one), or None, got {connect_args!r}"
         )
-    if not (reset is None or callable(reset) or (isinstance(reset, str) and reset.strip())):
+    if not (reset is None or _callable_with(reset, 1) or (isinstance(reset, str) and reset.strip())):
         raise ValueError(
             f"reset must be SQL (such as 'DISCARD ALL'), a function that takes the connection, or None, got {reset!r}"
         )
-    if label is not None and not callable(label):
-        raise ValueError(f"label must be a function that names an option in messages, or None, got {label!r}")
+    if label is not None and not _callable_with(label, 1):
+        raise ValueError(f"label must be a function that takes an option's name, or None, got {label!r}")
 
 
 def _is_arguments(value: Any) -> bool:
-    return isinstance(value, Mapping) and all(isinstance(key, str) for key in value)
+    # dsn is the pool's own argument to psycopg2.connect(): given twice, every connect fails.
+    return isinstance(value, Mapping) and all(isinstance(key, str) for key in value) and "dsn" not in value
+
+
+def _callable_with(value: Any, positional: int) -> bool:
+    """Whether ``value`` can be called with ``positional`` arguments (True when Python cannot tell)."""
+    if not callable(value):
+        return False
+    try:
+        inspect.signature(value).bind(*range(positional))
+    except TypeError:
+        return False
+    except ValueError:
+        return True  # a builtin without a signature
+    return True

@@ -161,6 +161,13 @@ def test_bad_sizes_are_refused(pg_dsn: str, minconn: Any, maxconn: Any) -> None:
         ("reset", 5),
         ("reset", " "),
         ("label", "PGPOOL_"),
+        # Callables that cannot take what the pool gives them.
+        ("dsn", lambda prefix: prefix),
+        ("configure", lambda: None),
+        ("connect_args", lambda conn: {}),
+        ("connect_args", {"dsn": "dbname=test"}),
+        ("reset", lambda: None),
+        ("label", lambda: "x"),
     ],
 )
 def test_options_of_the_wrong_kind_are_refused_naming_the_option(pg_dsn: str, option: str, value: Any) -> None:
@@ -176,7 +183,7 @@ def test_options_of_every_accepted_kind_make_a_pool(pg_dsn: str) -> None:
     pools = [
         ConnectionPool(1, 2, pg_dsn, read_only=True, health_check=False, reset="DISCARD ALL", name="a"),
         ConnectionPool(1, 2, lambda: pg_dsn, connect_args={"application_name": "x"}, configure=lambda conn: None),
-        ConnectionPool(1, 2, "", connect_args=lambda: {"dsn": pg_dsn}, reset=lambda conn: None, label=str.upper),
+        ConnectionPool(1, 2, pg_dsn, connect_args=lambda: {"application_name": "y"}, reset=print, label=str.upper),
     ]
     assert [pool.read_only for pool in pools] == [True, False, False]
     for pool in pools:
