@@ -131,7 +131,11 @@ class Lease:
         conns, self.conns = self.conns, {}
         try:
             for bind, (give_back, conn) in conns.items():
-                _give_back_quietly(bind, give_back, conn)
+                # _give_back_quietly() written out: every request's teardown runs this loop.
+                try:
+                    give_back(conn)
+                except Exception:
+                    _log.exception("flask-pgpool: could not return the %r connection", bind)
         finally:
             self.ctx = ENDED
             self.release = None

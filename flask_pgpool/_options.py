@@ -102,9 +102,11 @@ def check_kinds(
     the first connect, where it looks like the database being down; a
     ``reset`` of the wrong type would close every returned connection.
     """
+    # The DSN and the arguments may hold a password: messages name their type or keys, never their values.
     if not (isinstance(dsn, str) or _callable_with(dsn, 0)):
         raise ValueError(
-            f"dsn must be a connection string or URL, or a function of no arguments that returns one, got {dsn!r}"
+            "dsn must be a connection string or URL, or a function of no arguments that returns one, "
+            f"got {_kind(dsn)}"
         )
     if not isinstance(name, str) or not name:
         raise ValueError(f"name must be a non-empty string, got {name!r}")
@@ -116,7 +118,7 @@ def check_kinds(
     if not (connect_args is None or _callable_with(connect_args, 0) or _is_arguments(connect_args)):
         raise ValueError(
             "connect_args must be a dict of psycopg2.connect() keyword arguments other than dsn (or a function "
-            f"of no arguments that returns one), or None, got {connect_args!r}"
+            f"of no arguments that returns one), or None, got {_kind(connect_args)}"
         )
     if not (reset is None or _callable_with(reset, 1) or (isinstance(reset, str) and reset.strip())):
         raise ValueError(
@@ -124,6 +126,13 @@ def check_kinds(
         )
     if label is not None and not _callable_with(label, 1):
         raise ValueError(f"label must be a function that takes an option's name, or None, got {label!r}")
+
+
+def _kind(value: Any) -> str:
+    """What ``value`` is, without its contents: its type, and a mapping's keys."""
+    if isinstance(value, Mapping):
+        return f"a {type(value).__name__} with the keys {', '.join(sorted(map(repr, value)))}"
+    return f"{'a function' if callable(value) else type(value).__name__} {getattr(value, '__qualname__', '')}".strip()
 
 
 def _is_arguments(value: Any) -> bool:

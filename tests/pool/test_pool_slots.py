@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
@@ -175,8 +174,25 @@ def test_options_of_the_wrong_kind_are_refused_naming_the_option(pg_dsn: str, op
     # connect, looking like the database being down, and a wrong reset closes
     # every returned connection.
     options: dict[str, Any] = {"dsn": pg_dsn, option: value}
-    with pytest.raises(ValueError, match=rf"^{option} must be .*got {re.escape(repr(value))}$"):
+    with pytest.raises(ValueError, match=rf"^{option} must be .*, got ") as refused:
         ConnectionPool(1, 2, **options)
+    if option not in ("dsn", "connect_args"):  # those two may hold a password: their values are not quoted
+        assert str(refused.value).endswith(f"got {value!r}")
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("dsn", b"postgresql://app:s3cret-pw@db/app"),
+        ("connect_args", {"password": "s3cret-pw", "dsn": "dbname=app"}),
+        ("connect_args", {"password": "s3cret-pw", 1: 2}),
+    ],
+)
+def test_refused_dsn_and_arguments_never_show_the_password(pg_dsn: str, option: str, value: Any) -> None:
+    options: dict[str, Any] = {"dsn": pg_dsn, option: value}
+    with pytest.raises(ValueError, match=rf"^{option} must be ") as refused:
+        ConnectionPool(1, 2, **options)
+    assert "s3cret" not in str(refused.value)
 
 
 def test_options_of_every_accepted_kind_make_a_pool(pg_dsn: str) -> None:
